@@ -1,0 +1,2 @@
+//! The `fleetforge` binary.
+fn main() {}

@@ -1,0 +1,64 @@
+//! `scripts/demo` as a user runs it: it leaves a working management control
+//! plane that the built kubectl reaches through the printed KUBECONFIG, a
+//! second run is idempotent, and `scripts/demo down` stops every process.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fleetforge_e2e::{fleetforge_bin, run_ok, workspace_root};
+use fleetforge_testenv::{pids_mentioning, tools};
+
+fn demo(home: &std::path::Path, args: &[&str]) -> String {
+    let output = run_ok(
+        Command::new(workspace_root().join("scripts/demo"))
+            .args(args)
+            .env("FLEETFORGE_HOME", home)
+            .env("FLEETFORGE_BIN", fleetforge_bin()),
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn kubeconfig_from(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("export KUBECONFIG="))
+        .unwrap_or_else(|| panic!("no `export KUBECONFIG=` line in:\n{stdout}"))
+        .to_string()
+}
+
+#[test]
+fn demo_starts_a_reachable_control_plane_and_down_stops_it() {
+    let home = tempfile::tempdir().unwrap();
+    let home_text = home.path().to_string_lossy().to_string();
+
+    let kubeconfig = kubeconfig_from(&demo(home.path(), &[]));
+    assert!(kubeconfig.starts_with(&home_text), "{kubeconfig}");
+    let kubectl = tools::binary("kubectl").unwrap();
+    let version = run_ok(
+        Command::new(&kubectl)
+            .args(["version", "-o", "json"])
+            .env("KUBECONFIG", &kubeconfig),
+    );
+    let version: serde_json::Value = serde_json::from_slice(&version.stdout).unwrap();
+    assert_eq!(version["serverVersion"]["gitVersion"], "v1.36.3");
+    assert!(!pids_mentioning(&home_text).is_empty());
+
+    // Running it again keeps the same control plane.
+    assert_eq!(kubeconfig_from(&demo(home.path(), &[])), kubeconfig);
+    run_ok(
+        Command::new(&kubectl)
+            .args(["get", "--raw", "/readyz"])
+            .env("KUBECONFIG", &kubeconfig),
+    );
+
+    demo(home.path(), &["down"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pids_mentioning(&home_text).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "processes left after `scripts/demo down`: {:?}",
+            pids_mentioning(&home_text)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
