@@ -1,1 +1,65 @@
-//! The fleetforge API (`fleetforge.dev/v1alpha1`): Kubernetes resource types only, no I/O.
+//! The fleetforge API (`fleetforge.dev/v1alpha1`): custom resource types,
+//! their schemas and CEL rules. Types only, no I/O.
+
+pub mod cluster;
+pub mod common;
+pub mod environment;
+pub mod provider_config;
+pub mod tool_install;
+pub mod tool_set;
+pub mod virtual_cluster;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+pub use cluster::{Cluster, ClusterPhase, ClusterSpec, ClusterStatus};
+pub use common::{
+    DeletionPolicy, DriftPolicy, DriftStatus, ManagementPolicy, NodePool, Reference, condition,
+};
+pub use environment::{Environment, EnvironmentSpec, EnvironmentStatus};
+pub use provider_config::{ProviderConfig, ProviderConfigSpec, ProviderKind};
+pub use tool_install::{ToolInstall, ToolInstallSpec, ToolInstallStatus, ToolState};
+pub use tool_set::{Tool, ToolSet, ToolSetSpec};
+pub use virtual_cluster::{VirtualCluster, VirtualClusterSpec, VirtualClusterStatus};
+
+/// The API group.
+pub const GROUP: &str = "fleetforge.dev";
+/// The API version.
+pub const VERSION: &str = "v1alpha1";
+/// The field manager of every write fleetforge makes.
+pub const FIELD_MANAGER: &str = "fleetforge";
+/// The finalizer that keeps an object until its external resource is gone.
+pub const FINALIZER: &str = "fleetforge.dev/finalizer";
+
+/// Annotations with a meaning to fleetforge.
+pub mod annotation {
+    /// The external resource's name at the provider. Set it to import an
+    /// existing resource; fleetforge sets it when it creates one.
+    pub const EXTERNAL_NAME: &str = "fleetforge.dev/external-name";
+    /// Written just before a create call whose outcome is not yet recorded.
+    pub const CREATE_PENDING: &str = "fleetforge.dev/create-pending";
+    /// When the last create call succeeded.
+    pub const CREATE_SUCCEEDED: &str = "fleetforge.dev/create-succeeded";
+    /// When the last create call failed.
+    pub const CREATE_FAILED: &str = "fleetforge.dev/create-failed";
+}
+
+/// Labels fleetforge puts on the objects it creates.
+pub mod label {
+    /// `app.kubernetes.io/managed-by: fleetforge`.
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// The owning object's name.
+    pub const INSTANCE: &str = "app.kubernetes.io/instance";
+}
+
+/// Every CustomResourceDefinition of the API, in a stable order.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![
+        ProviderConfig::crd(),
+        Cluster::crd(),
+        VirtualCluster::crd(),
+        ToolSet::crd(),
+        ToolInstall::crd(),
+        Environment::crd(),
+    ]
+}

@@ -1,1 +1,20 @@
-//! The fleetforge engine: one generic managed reconciler that drives every kind through a provider trait.
+//! The fleetforge engine: one generic managed reconciler that drives every
+//! kind through a provider trait. It knows Kubernetes, but no cloud: a
+//! provider is a crate under `providers/` implementing [`ExternalClient`].
+
+pub mod cluster;
+pub mod conditions;
+pub mod crds;
+pub mod error;
+pub mod managed;
+pub mod metrics;
+pub mod provider;
+pub mod ratelimit;
+
+pub use error::Error;
+pub use managed::{Engine, Managed, Options, Providers, run};
+pub use metrics::Metrics;
+pub use provider::{
+    ConnectionDetails, Credentials, ErrorKind, ExternalClient, ExternalState, Observation,
+    ProviderError, ProviderFactory, Refusal,
+};

@@ -1,0 +1,149 @@
+//! Status conditions whose `lastTransitionTime` moves only when their status
+//! flips, so that re-writing unchanged conditions changes nothing.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+/// A condition as the engine decides it, before timestamps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    /// Condition type (`Ready`, `Synced`, `Drifted`).
+    pub type_: &'static str,
+    /// True or false.
+    pub status: bool,
+    /// Machine-readable reason, in PascalCase.
+    pub reason: String,
+    /// What a person should know.
+    pub message: String,
+}
+
+impl Desired {
+    /// A condition of `type_` that holds.
+    pub fn yes(type_: &'static str, reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            type_,
+            status: true,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A condition of `type_` that does not hold.
+    pub fn no(type_: &'static str, reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            type_,
+            status: false,
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The current time, truncated to whole seconds as the API stores it, so
+/// that a written and re-read timestamp compare equal.
+pub fn now() -> Time {
+    let now = Timestamp::now();
+    Time(Timestamp::from_second(now.as_second()).unwrap_or(now))
+}
+
+/// Builds the condition list from `desired`, keeping each existing
+/// condition's `lastTransitionTime` when its status did not change.
+/// Conditions of other types in `existing` are dropped: the engine owns the
+/// whole list.
+pub fn merge(
+    existing: &[Condition],
+    desired: &[Desired],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    desired
+        .iter()
+        .map(|d| {
+            let status = if d.status { "True" } else { "False" };
+            let last_transition_time = existing
+                .iter()
+                .find(|c| c.type_ == d.type_ && c.status == status)
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or_else(|| now.clone());
+            Condition {
+                type_: d.type_.to_string(),
+                status: status.to_string(),
+                reason: d.reason.clone(),
+                // The API limits messages to 32768 bytes.
+                message: truncate(&d.message, 4096),
+                observed_generation: generation,
+                last_transition_time,
+            }
+        })
+        .collect()
+}
+
+/// Whether the condition of `type_` holds in `conditions`.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(second: i64) -> Time {
+        Time(Timestamp::from_second(second).unwrap())
+    }
+
+    #[test]
+    fn transition_time_is_kept_while_status_holds_and_moves_when_it_flips() {
+        let first = merge(
+            &[],
+            &[Desired::yes("Ready", "Available", "up")],
+            Some(1),
+            &at(100),
+        );
+        assert_eq!(first[0].last_transition_time, at(100));
+
+        let same = merge(
+            &first,
+            &[Desired::yes("Ready", "Available", "still up")],
+            Some(2),
+            &at(200),
+        );
+        assert_eq!(same[0].last_transition_time, at(100));
+        assert_eq!(same[0].message, "still up");
+        assert_eq!(same[0].observed_generation, Some(2));
+
+        let flipped = merge(
+            &same,
+            &[Desired::no("Ready", "Deleting", "going")],
+            Some(2),
+            &at(300),
+        );
+        assert_eq!(flipped[0].last_transition_time, at(300));
+        assert_eq!(flipped[0].status, "False");
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        let message = "é".repeat(5000);
+        let merged = merge(&[], &[Desired::no("Synced", "X", message)], None, &at(1));
+        assert!(merged[0].message.len() <= 4096 + 3);
+        assert!(merged[0].message.ends_with("..."));
+    }
+
+    #[test]
+    fn now_has_whole_seconds() {
+        assert_eq!(now().0.subsec_nanosecond(), 0);
+    }
+}

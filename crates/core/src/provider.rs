@@ -1,0 +1,207 @@
+//! The provider interface: what a provider implements, and what it reports.
+//!
+//! A provider knows one cloud: how to observe, create, update and delete an
+//! external resource, and how to build a kubeconfig for it. Everything else
+//! (finalizers, external names, the create-pending guard, conditions,
+//! events, policies, backoff, rate limits, the drift poll) is the engine's.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fleetforge_api::ProviderConfig;
+
+use crate::managed::Managed;
+
+/// How a provider call failed, in terms the engine and users act on. Each
+/// kind is also the `reason` of the condition it produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// Credentials are missing, malformed, expired or not allowed.
+    AuthFailed,
+    /// An account quota or limit was reached.
+    QuotaExceeded,
+    /// The provider asked us to slow down.
+    Throttled,
+    /// The resource (or something it needs) does not exist.
+    NotFound,
+    /// The provider refused the request as invalid.
+    InvalidSpec,
+    /// A resource with that name exists and is not ours.
+    AlreadyExists,
+    /// The provider accepted the operation but it failed.
+    OperationFailed,
+    /// The provider could not be reached or answered with a server error.
+    Unavailable,
+}
+
+impl ErrorKind {
+    /// The condition reason and metric label for this kind.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ErrorKind::AuthFailed => "AuthFailed",
+            ErrorKind::QuotaExceeded => "QuotaExceeded",
+            ErrorKind::Throttled => "Throttled",
+            ErrorKind::NotFound => "NotFound",
+            ErrorKind::InvalidSpec => "InvalidSpec",
+            ErrorKind::AlreadyExists => "AlreadyExists",
+            ErrorKind::OperationFailed => "OperationFailed",
+            ErrorKind::Unavailable => "Unavailable",
+        }
+    }
+}
+
+/// A failed provider call. The message is shown to users in conditions and
+/// events, so providers must never put credentials in it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ProviderError {
+    /// What kind of failure it was.
+    pub kind: ErrorKind,
+    /// What happened, for people.
+    pub message: String,
+    /// How long the provider asked us to wait (a Retry-After header).
+    pub retry_after: Option<Duration>,
+}
+
+impl ProviderError {
+    /// An error of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// The same error, asking the caller to wait `after` before retrying.
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+}
+
+/// A spec the engine or provider will not apply, with the field to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Condition reason, for example `VersionSkew` or `UnsupportedVersion`.
+    pub reason: &'static str,
+    /// The spec field at fault, for example `spec.version`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Where the external resource is in its life, as the provider reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExternalState {
+    /// Being created.
+    Provisioning,
+    /// Usable.
+    Ready,
+    /// A change is in progress; no other change may start.
+    Updating,
+    /// Being deleted.
+    Deleting,
+    /// The provider reports it failed, with its message.
+    Failed(String),
+}
+
+/// How to reach a resource: written to its connection Secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectionDetails {
+    /// A kubeconfig document.
+    pub kubeconfig: String,
+}
+
+impl fmt::Debug for ConnectionDetails {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Kubeconfigs hold credentials; never print them.
+        f.write_str("ConnectionDetails { kubeconfig: <redacted> }")
+    }
+}
+
+/// What a provider found when it looked at an external resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation<O> {
+    /// Life-cycle state.
+    pub state: ExternalState,
+    /// The owner recorded in the resource's ownership tag
+    /// (`<namespace>/<name>` of the object that created it), if any.
+    pub owner: Option<String>,
+    /// How to connect, once the resource can be connected to.
+    pub connection: Option<ConnectionDetails>,
+    /// Kind-specific attributes (for a cluster: version, endpoint, pools).
+    pub resource: O,
+}
+
+/// A provider's client for one account, for resources of kind `K`.
+#[async_trait]
+pub trait ExternalClient<K: Managed>: Send + Sync {
+    /// Reads the external resource named `external_name`; `None` when it
+    /// does not exist. One call per object per poll.
+    async fn observe(
+        &self,
+        obj: &K,
+        external_name: &str,
+    ) -> Result<Option<Observation<K::Observed>>, ProviderError>;
+
+    /// Creates the external resource under `external_name`, tagged as owned
+    /// by `obj`. May return before the resource is ready.
+    async fn create(&self, obj: &K, external_name: &str) -> Result<(), ProviderError>;
+
+    /// Starts the given changes (the engine plans them; see
+    /// [`Managed::plan`]). May return before they complete.
+    async fn update(
+        &self,
+        obj: &K,
+        external_name: &str,
+        changes: &[K::Change],
+    ) -> Result<(), ProviderError>;
+
+    /// Starts deleting the external resource. Deleting one that is already
+    /// gone is not an error.
+    async fn delete(&self, obj: &K, external_name: &str) -> Result<(), ProviderError>;
+
+    /// Refuses, before any call, a spec this provider cannot apply (an
+    /// unsupported version, a missing provider block, ...).
+    fn validate(&self, _obj: &K) -> Result<(), Refusal> {
+        Ok(())
+    }
+}
+
+/// The secret material a ProviderConfig points at. Never printed.
+#[derive(Clone)]
+pub enum Credentials {
+    /// The bytes of the referenced Secret key.
+    Secret(Vec<u8>),
+    /// Use the controller's ambient identity.
+    Ambient,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::Secret(_) => f.write_str("Credentials::Secret(<redacted>)"),
+            Credentials::Ambient => f.write_str("Credentials::Ambient"),
+        }
+    }
+}
+
+/// Builds clients for one provider kind from a ProviderConfig.
+#[async_trait]
+pub trait ProviderFactory<K: Managed>: Send + Sync {
+    /// A client for the account `config` describes.
+    async fn connect(
+        &self,
+        config: &ProviderConfig,
+        credentials: Credentials,
+    ) -> Result<Arc<dyn ExternalClient<K>>, ProviderError>;
+}
