@@ -1,10 +1,9 @@
 //! The `fleetforge` binary: runs the controllers and the command-line tools.
 
-mod crdgen;
-
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use fleetforge_controller::crdgen;
 
 /// Provisions managed clusters, virtual clusters, tools and dev environments
 /// declared as Kubernetes resources, and keeps them converged.
