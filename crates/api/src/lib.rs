@@ -1,6 +1,10 @@
 //! The fleetforge API (`fleetforge.dev/v1alpha1`): custom resource types,
 //! their schemas and CEL rules. Types only, no I/O.
 
+// kube's `printcolumn(name = .., type_ = .., json_path = ..)` attributes
+// repeat `type_ = "string"` by design; clippy reads them as duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod cluster;
 pub mod common;
 pub mod environment;

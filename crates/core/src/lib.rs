@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod conditions;
 pub mod crds;
 pub mod error;
+pub mod events;
 pub mod managed;
 pub mod metrics;
 pub mod provider;

@@ -35,7 +35,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -46,6 +45,7 @@ use serde_json::json;
 use crate::cluster::FieldDiff;
 use crate::conditions::{self, Desired};
 use crate::error::Error;
+use crate::events::{EventType, Recorder};
 use crate::metrics::{CallLabels, DriftLabels, ErrorLabels, KindLabels, Metrics};
 use crate::provider::{
     ConnectionDetails, Credentials, ExternalClient, ExternalState, Observation, ProviderFactory,
@@ -188,6 +188,8 @@ pub struct Options {
     pub concurrency: u16,
     /// Name reported as the source of events.
     pub reporter: String,
+    /// Only manage objects in this namespace (all namespaces when `None`).
+    pub namespace: Option<String>,
 }
 
 impl Default for Options {
@@ -199,6 +201,7 @@ impl Default for Options {
             backoff_max: Duration::from_secs(300),
             concurrency: 32,
             reporter: "fleetforge".to_string(),
+            namespace: None,
         }
     }
 }
@@ -234,13 +237,7 @@ pub async fn run<K: Managed>(
 ) {
     let (config_store, config_writer) = reflector::store::<ProviderConfig>();
     let engine = Arc::new(Engine {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: options.reporter.clone(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
+        recorder: Recorder::new(client.clone(), &options.reporter),
         client: client.clone(),
         providers,
         provider_configs: config_store.clone(),
@@ -252,7 +249,10 @@ pub async fn run<K: Managed>(
         options,
     });
 
-    let objects: Api<K> = Api::all(client.clone());
+    let objects: Api<K> = match &engine.options.namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
     let (object_store, object_writer) = reflector::store::<K>();
     // Reconcile on what users and we change in spec and metadata; our own
     // status writes do not trigger another pass (the poll re-observes).
@@ -340,13 +340,24 @@ pub async fn run<K: Managed>(
 }
 
 /// What in an object should trigger a reconcile: the spec (generation),
-/// annotations (imports, our create markers, fault injection), finalizers
-/// and deletion.
+/// annotations (an import's external name, fault injection), finalizers and
+/// deletion. Our own create markers are left out: the pass that writes them
+/// decides when to look again, and a failed create must wait out its backoff
+/// rather than be re-triggered by its own `create-failed` mark.
 fn trigger_hash<K: Resource>(obj: &K) -> Option<u64> {
+    const MARKERS: [&str; 3] = [
+        annotation::CREATE_PENDING,
+        annotation::CREATE_SUCCEEDED,
+        annotation::CREATE_FAILED,
+    ];
     let meta = obj.meta();
     let mut hasher = DefaultHasher::new();
     meta.generation.hash(&mut hasher);
-    meta.annotations.hash(&mut hasher);
+    for (key, value) in meta.annotations.iter().flatten() {
+        if !MARKERS.contains(&key.as_str()) {
+            (key, value).hash(&mut hasher);
+        }
+    }
     meta.finalizers.hash(&mut hasher);
     meta.deletion_timestamp.is_some().hash(&mut hasher);
     Some(hasher.finish())
@@ -1497,17 +1508,11 @@ impl<'a, K: Managed> Pass<'a, K> {
     }
 
     async fn event(&self, type_: EventType, reason: &str, action: &str, note: String) {
-        let event = Event {
-            type_,
-            reason: reason.to_string(),
-            note: Some(note),
-            action: action.to_string(),
-            secondary: None,
-        };
+        let regarding = self.obj.object_ref(&());
         if let Err(e) = self
             .engine
             .recorder
-            .publish(&event, &self.obj.object_ref(&()))
+            .publish(&regarding, type_, reason, action, &note)
             .await
         {
             tracing::warn!(name = %self.name, "could not publish event {reason}: {e}");

@@ -1,0 +1,860 @@
+//! The managed reconciler's behaviour on the real kube-apiserver, with the
+//! nop provider as the cloud: each test runs its own engine, watching only
+//! its temporary namespace, against its own ProviderConfig.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetforge_api::{Cluster, ProviderConfig, ProviderKind, annotation, condition};
+use fleetforge_core::{Metrics, Options, Providers};
+use fleetforge_provider_nop::{NopCloud, NopCluster, NopFactory, NopPool};
+use fleetforge_testenv::{await_condition, shared, with_temp_ns};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// One engine for one test namespace.
+struct Harness {
+    client: Client,
+    namespace: String,
+    config: String,
+    nop: Arc<NopFactory>,
+    metrics: Arc<Metrics>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn install_crds(client: &Client) {
+    static CRDS: OnceCell<()> = OnceCell::const_new();
+    CRDS.get_or_init(|| async { fleetforge_core::crds::install(client).await.unwrap() })
+        .await;
+}
+
+impl Harness {
+    /// Starts an engine for `namespace` with a nop ProviderConfig named
+    /// after the namespace; `nop` and `extra` are merged into its spec.
+    async fn start(client: Client, namespace: String, extra: Value) -> Self {
+        install_crds(&client).await;
+        let config = namespace.clone();
+        let mut spec = json!({
+            "provider": "nop",
+            "pollInterval": "1s",
+            "defaults": {"region": "nop-region-1"},
+        });
+        merge(&mut spec, extra);
+        let configs: Api<ProviderConfig> = Api::all(client.clone());
+        let object: ProviderConfig =
+            serde_json::from_value(json!({"metadata": {"name": config}, "spec": spec})).unwrap();
+        configs
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap();
+
+        let nop = NopFactory::new();
+        let metrics = Arc::new(Metrics::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let options = Options {
+            active_interval: Duration::from_millis(200),
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(2),
+            namespace: Some(namespace.clone()),
+            ..Options::default()
+        };
+        tokio::spawn(fleetforge_core::run::<Cluster>(
+            client.clone(),
+            Providers::default().register(ProviderKind::Nop, nop.clone()),
+            metrics.clone(),
+            options,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            client,
+            namespace,
+            config,
+            nop,
+            metrics,
+            stop: Some(stop),
+        }
+    }
+
+    fn clusters(&self) -> Api<Cluster> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    async fn create(&self, name: &str, spec: Value, annotations: Value) -> Cluster {
+        let mut full = json!({
+            "providerConfigRef": {"name": self.config},
+            "version": "1.36",
+            "nodePools": [{"name": "workers", "machineType": "standard-2", "min": 1, "max": 5, "desired": 2}],
+        });
+        merge(&mut full, spec);
+        let cluster: Cluster = serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": full,
+        }))
+        .unwrap();
+        self.clusters()
+            .create(&PostParams::default(), &cluster)
+            .await
+            .unwrap()
+    }
+
+    async fn patch_spec(&self, name: &str, spec: Value) {
+        self.clusters()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": spec})),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// The fake cloud, once the engine connected to it.
+    async fn cloud(&self) -> Arc<NopCloud> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(cloud) = self.nop.cloud(&self.config) {
+                return cloud;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the engine never connected to {}",
+                self.config
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_for(&self, name: &str, what: &str, check: impl Fn(&Cluster) -> bool) -> Cluster {
+        await_condition(&self.clusters(), name, what, WAIT, |c: Option<&Cluster>| {
+            c.is_some_and(&check)
+        })
+        .await
+        .unwrap()
+        .unwrap()
+    }
+
+    async fn wait_for_condition(
+        &self,
+        name: &str,
+        type_: &str,
+        status: &str,
+        reason: &str,
+    ) -> Cluster {
+        let what = format!("Cluster {name} to have {type_}={status} ({reason})");
+        self.wait_for(name, &what, |c| {
+            conditions_of(c)
+                .iter()
+                .any(|(t, s, r, _)| t == type_ && s == status && (reason.is_empty() || r == reason))
+        })
+        .await
+    }
+
+    async fn wait_until_gone(&self, name: &str) {
+        await_condition(
+            &self.clusters(),
+            name,
+            &format!("Cluster {name} to be gone"),
+            WAIT,
+            |c: Option<&Cluster>| c.is_none(),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// `(reason, note)` of the events about Cluster `name`.
+    async fn events(&self, name: &str) -> Vec<(String, String)> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect()
+    }
+
+    async fn wait_for_event(&self, name: &str, reason: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let events = self.events(name).await;
+            if let Some((_, note)) = events.iter().find(|(r, _)| r == reason) {
+                return note.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {reason} event for {name}; events: {events:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn merge(base: &mut Value, extra: Value) {
+    match (base, extra) {
+        (Value::Object(base), Value::Object(extra)) => {
+            for (key, value) in extra {
+                merge(base.entry(key).or_insert(Value::Null), value);
+            }
+        }
+        (base, extra) => *base = extra,
+    }
+}
+
+fn conditions_of(cluster: &Cluster) -> Vec<(String, String, String, String)> {
+    cluster
+        .status
+        .iter()
+        .flat_map(|s| s.conditions.iter())
+        .map(|c| {
+            (
+                c.type_.clone(),
+                c.status.clone(),
+                c.reason.clone(),
+                c.message.clone(),
+            )
+        })
+        .collect()
+}
+
+fn message_of(cluster: &Cluster, type_: &str) -> String {
+    conditions_of(cluster)
+        .into_iter()
+        .find(|(t, ..)| t == type_)
+        .map(|(.., m)| m)
+        .unwrap_or_default()
+}
+
+fn pool_desired(cloud: &NopCloud, cluster: &str) -> i32 {
+    cloud.get(cluster).unwrap().node_pools[0].desired
+}
+
+#[tokio::test]
+async fn a_cluster_is_created_and_reported_ready() {
+    with_temp_ns(|client, ns| async move {
+        let h = Harness::start(client, ns, json!({})).await;
+        h.create("web", json!({}), json!({})).await;
+        let ready = h
+            .wait_for_condition("web", condition::READY, "True", "Available")
+            .await;
+
+        let status = ready.status.clone().unwrap();
+        assert_eq!(status.provider.as_deref(), Some("nop"));
+        assert_eq!(status.region.as_deref(), Some("nop-region-1"));
+        assert_eq!(status.version.as_deref(), Some("1.36"));
+        assert_eq!(status.phase, Some(fleetforge_api::ClusterPhase::Ready));
+        assert_eq!(status.observed_generation, ready.metadata.generation);
+        assert_eq!(status.endpoint.as_deref(), Some("https://web.nop.invalid"));
+        assert_eq!(status.node_pools[0].desired, Some(2));
+        assert!(status.last_observed.is_some());
+        let conditions = conditions_of(&ready);
+        assert!(
+            conditions
+                .iter()
+                .any(|(t, s, ..)| t == condition::SYNCED && s == "True")
+        );
+        assert!(
+            conditions
+                .iter()
+                .any(|(t, s, ..)| t == condition::DRIFTED && s == "False")
+        );
+
+        assert!(
+            ready
+                .finalizers()
+                .contains(&fleetforge_api::FINALIZER.to_string())
+        );
+        let annotations = ready.annotations();
+        assert_eq!(
+            annotations
+                .get(annotation::EXTERNAL_NAME)
+                .map(String::as_str),
+            Some("web")
+        );
+        assert!(annotations.contains_key(annotation::CREATE_SUCCEEDED));
+        assert!(!annotations.contains_key(annotation::CREATE_PENDING));
+
+        let secrets: Api<Secret> = Api::namespaced(h.client.clone(), &h.namespace);
+        let secret = secrets.get("web-kubeconfig").await.unwrap();
+        let kubeconfig = String::from_utf8(secret.data.unwrap()["value"].0.clone()).unwrap();
+        assert!(kubeconfig.contains("https://web.nop.invalid"));
+        let owner = &secret.metadata.owner_references.unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str()),
+            ("Cluster", "web")
+        );
+
+        h.wait_for_event("web", "CreatedExternalResource").await;
+        let cloud = h.cloud().await;
+        assert_eq!(cloud.calls.snapshot().1, 1, "exactly one create call");
+        assert_eq!(cloud.names(), vec!["web".to_string()]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_cluster_deleted_out_of_band_is_recreated() {
+    with_temp_ns(|client, ns| async move {
+        let h = Harness::start(client, ns, json!({})).await;
+        h.create("web", json!({}), json!({})).await;
+        h.wait_for_condition("web", condition::READY, "True", "Available")
+            .await;
+        let cloud = h.cloud().await;
+        cloud.remove("web");
+
+        let note = h.wait_for_event("web", "ExternalResourceMissing").await;
+        assert!(note.contains("recreating"), "{note}");
+        h.wait_for("web", "the cluster to be recreated", |_| {
+            cloud.get("web").is_some()
+        })
+        .await;
+        h.wait_for_condition("web", condition::READY, "True", "Available")
+            .await;
+        assert_eq!(
+            cloud.calls.snapshot().1,
+            2,
+            "created once, then recreated once"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn drift_is_detected_reported_and_corrected() {
+    with_temp_ns(|client, ns| async move {
+        let h = Harness::start(client, ns, json!({})).await;
+        h.create("web", json!({}), json!({})).await;
+        h.wait_for_condition("web", condition::READY, "True", "Available")
+            .await;
+        let cloud = h.cloud().await;
+        cloud.mutate("web", |c| c.node_pools[0].desired = 5);
+
+        let note = h.wait_for_event("web", "DriftDetected").await;
+        assert!(
+            note.contains("nodePools[workers].desired: spec 2, actual 5"),
+            "{note}"
+        );
+        h.wait_for_event("web", "CorrectingDrift").await;
+        h.wait_for_event("web", "DriftCorrected").await;
+        let corrected = h
+            .wait_for_condition("web", condition::DRIFTED, "False", "NoDrift")
+            .await;
+        assert_eq!(pool_desired(&cloud, "web"), 2);
+        assert!(corrected.status.unwrap().drift.is_none());
+        let metrics =
+            h.metrics
+                .drift_detected
+                .get_or_create(&fleetforge_core::metrics::DriftLabels {
+                    kind: "Cluster",
+                    provider: "nop",
+                });
+        assert_eq!(metrics.get(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn drift_is_only_reported_under_drift_policy_report() {
+    with_temp_ns(|client, ns| async move {
+        let h = Harness::start(client, ns, json!({})).await;
+        h.create("web", json!({"driftPolicy": "Report"}), json!({})).await;
+        h.wait_for_condition("web", condition::READY, "True", "Available").await;
+        let cloud = h.cloud().await;
+        cloud.mutate("web", |c| c.node_pools[0].desired = 5);
+
+        let drifted = h.wait_for_condition("web", condition::DRIFTED, "True", "DriftDetected").await;
+        assert!(message_of(&drifted, condition::DRIFTED).contains("nodePools[workers].desired: spec 2, actual 5"));
+        let drift = drifted.status.clone().unwrap().drift.unwrap();
+        assert_eq!(drift.fields, vec!["nodePools[workers].desired: spec 2, actual 5"]);
+        assert!(drift.last_detected.is_some());
+        h.wait_for_event("web", "DriftDetected").await;
+        // Several polls later the cloud still has the drifted size.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(pool_desired(&cloud, "web"), 5);
+        assert_eq!(cloud.calls.snapshot().2, 0, "no update call");
+        // A spec change is still applied, and re-asserts the whole spec.
+        h.patch_spec("web", json!({"nodePools": [{"name": "workers", "machineType": "standard-2", "min": 1, "max": 5, "desired": 3}]})).await;
+        h.wait_for_condition("web", condition::DRIFTED, "False", "NoDrift").await;
+        assert_eq!(pool_desired(&cloud, "web"), 3);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn deleting_removes_the_external_cluster_then_the_finalizer() {
+    with_temp_ns(|client, ns| async move {
+        let h = Harness::start(client, ns, json!({})).await;
+        h.create("web", json!({}), json!({})).await;
+        h.wait_for_condition("web", condition::READY, "True", "Available")
+            .await;
+        let cloud = h.cloud().await;
+        h.clusters()
+            .delete("web", &DeleteParams::default())
+            .await
+            .unwrap();
+        h.wait_until_gone("web").await;
+        assert!(
+            cloud.get("web").is_none(),
+            "the external cluster must be gone first"
+        );
+        let secrets: Api<Secret> = Api::namespaced(h.client.clone(), &h.namespace);
+        assert!(secrets.get_opt("web-kubeconfig").await.unwrap().is_none());
+        assert_eq!(cloud.calls.snapshot().3, 1, "one delete call");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn orphaning_keeps_the_external_cluster() {
+    with_temp_ns(|client, ns| async move {
+        let h = Harness::start(client, ns, json!({})).await;
+        let created = h
+            .create("web", json!({"deletionPolicy": "Orphan"}), json!({}))
+            .await;
+        let ready = h
+            .wait_for_condition("web", condition::READY, "True", "Available")
+            .await;
+        assert!(
+            ready.finalizers().is_empty(),
+            "nothing to clean up, so no finalizer"
+        );
+        let cloud = h.cloud().await;
+        h.clusters()
+            .delete("web", &DeleteParams::default())
+            .await
+            .unwrap();
+        h.wait_until_gone("web").await;
+        assert!(cloud.get("web").is_some());
+        assert_eq!(cloud.calls.snapshot().3, 0);
+        assert_eq!(
+            cloud.get("web").unwrap().owner,
+            Some(format!("{}/{}", h.namespace, created.name_any()))
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_existing_cluster_is_imported_observe_only() {
+    with_temp_ns(|client, ns| async move {
+        let h = Harness::start(client, ns, json!({})).await;
+        // Nothing to observe until an external name is given.
+        h.create(
+            "imported",
+            json!({"managementPolicy": "ObserveOnly"}),
+            json!({}),
+        )
+        .await;
+        let waiting = h
+            .wait_for_condition(
+                "imported",
+                condition::SYNCED,
+                "False",
+                "ExternalNameMissing",
+            )
+            .await;
+        assert!(message_of(&waiting, condition::SYNCED).contains(annotation::EXTERNAL_NAME));
+
+        let cloud = h.cloud().await;
+        cloud.put(NopCluster {
+            name: "legacy".into(),
+            owner: None,
+            version: "1.35".into(),
+            node_pools: vec![NopPool {
+                name: "workers".into(),
+                machine_type: "standard-2".into(),
+                version: "1.35".into(),
+                min: 1,
+                max: 5,
+                desired: 2,
+            }],
+            ready_at: 0,
+            busy_until: 0,
+            deleted_at: None,
+        });
+        h.clusters()
+            .patch(
+                "imported",
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"annotations": {annotation::EXTERNAL_NAME: "legacy"}}}),
+                ),
+            )
+            .await
+            .unwrap();
+        h.wait_for_condition("imported", condition::READY, "True", "Available")
+            .await;
+        let imported = h
+            .wait_for_condition("imported", condition::DRIFTED, "True", "DriftDetected")
+            .await;
+        assert_eq!(
+            imported.status.clone().unwrap().version.as_deref(),
+            Some("1.35")
+        );
+        assert!(
+            message_of(&imported, condition::DRIFTED).contains("version: spec 1.36, actual 1.35")
+        );
+        assert!(imported.finalizers().is_empty());
+        let (_, creates, updates, deletes) = cloud.calls.snapshot();
+        assert_eq!(
+            (creates, updates, deletes),
+            (0, 0, 0),
+            "ObserveOnly never writes to the provider"
+        );
+
+        h.clusters()
+            .delete("imported", &DeleteParams::default())
+            .await
+            .unwrap();
+        h.wait_until_gone("imported").await;
+        assert!(cloud.get("legacy").is_some());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn provider_failures_become_conditions_and_back_off() {
+    with_temp_ns(|client, ns| async move {
+        let h = Harness::start(client, ns, json!({})).await;
+        let faults = json!({
+            "nop.fleetforge.dev/fail-create": "1000",
+            "nop.fleetforge.dev/fail-kind": "QuotaExceeded",
+        });
+        h.create("web", json!({}), faults).await;
+        let failed = h
+            .wait_for_condition("web", condition::SYNCED, "False", "QuotaExceeded")
+            .await;
+        assert!(message_of(&failed, condition::SYNCED).contains("injected create failure"));
+        h.wait_for_event("web", "QuotaExceeded").await;
+        let annotations = failed.annotations();
+        assert!(annotations.contains_key(annotation::CREATE_FAILED));
+        assert!(!annotations.contains_key(annotation::CREATE_PENDING));
+
+        let cloud = h.cloud().await;
+        let before = cloud.calls.snapshot().1;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let attempts = cloud.calls.snapshot().1 - before;
+        // Backoff from 200 ms doubling to 2 s allows about 5 attempts in 6 s;
+        // a hot loop would make hundreds.
+        assert!(
+            (1..=8).contains(&attempts),
+            "{attempts} create attempts in 6 s"
+        );
+        assert!(cloud.names().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn throttling_is_honoured() {
+    with_temp_ns(|client, ns| async move {
+        let h = Harness::start(client, ns, json!({})).await;
+        let faults = json!({
+            "nop.fleetforge.dev/fail-observe": "1000",
+            "nop.fleetforge.dev/fail-kind": "Throttled",
+        });
+        h.create("web", json!({}), faults).await;
+        h.wait_for_condition("web", condition::SYNCED, "False", "Throttled")
+            .await;
+        let cloud = h.cloud().await;
+        let before = cloud.calls.snapshot().0;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let attempts = cloud.calls.snapshot().0 - before;
+        // The provider asks for 1 s between attempts.
+        assert!(
+            attempts <= 5,
+            "{attempts} observe attempts in 4 s despite Retry-After 1 s"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_account_rate_limit_holds_across_clusters() {
+    with_temp_ns(|client, ns| async move {
+        let h = Harness::start(
+            client,
+            ns,
+            json!({"rateLimit": {"qps": 5, "burst": 2}, "pollInterval": "30s"}),
+        )
+        .await;
+        let started = Instant::now();
+        for i in 0..6 {
+            h.create(&format!("c{i}"), json!({}), json!({})).await;
+        }
+        for i in 0..6 {
+            h.wait_for_condition(&format!("c{i}"), condition::READY, "True", "Available")
+                .await;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let (observes, creates, updates, deletes) = h.cloud().await.calls.snapshot();
+        let calls = (observes + creates + updates + deletes) as f64;
+        assert!(
+            calls <= 2.0 + 5.0 * elapsed * 1.1,
+            "{calls} calls in {elapsed:.1} s exceed 5 per second with a burst of 2"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn each_cluster_is_read_once_per_poll_interval() {
+    with_temp_ns(|client, ns| async move {
+        let h = Harness::start(client, ns, json!({"pollInterval": "2s"})).await;
+        h.create("web", json!({}), json!({})).await;
+        h.wait_for_condition("web", condition::READY, "True", "Available")
+            .await;
+        let cloud = h.cloud().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = cloud.observes_of("web");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let reads = cloud.observes_of("web") - before;
+        // 10 s at one read per 2 s (jittered by 10%): 5, give or take one.
+        assert!(
+            (4..=6).contains(&reads),
+            "{reads} reads in 10 s with a 2 s poll interval"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_skipped_minor_version_is_refused_and_upgrades_go_control_plane_first() {
+    with_temp_ns(|client, ns| async move {
+        let h = Harness::start(client, ns, json!({})).await;
+        h.create("web", json!({"version": "1.34"}), json!({})).await;
+        h.wait_for_condition("web", condition::READY, "True", "Available")
+            .await;
+        let cloud = h.cloud().await;
+
+        h.patch_spec("web", json!({"version": "1.36"})).await;
+        let refused = h
+            .wait_for_condition("web", condition::SYNCED, "False", "VersionSkew")
+            .await;
+        let message = message_of(&refused, condition::SYNCED);
+        assert!(message.starts_with("spec.version:"), "{message}");
+        assert!(message.contains("skips 1.35"), "{message}");
+        h.wait_for_event("web", "VersionSkew").await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(cloud.calls.snapshot().2, 0, "nothing was changed");
+
+        h.patch_spec("web", json!({"version": "1.35"})).await;
+        let upgraded = h
+            .wait_for("web", "the control plane and pool at 1.35, in sync", |c| {
+                let status = c.status.clone().unwrap_or_default();
+                status.version.as_deref() == Some("1.35")
+                    && status.node_pools.first().and_then(|p| p.version.as_deref()) == Some("1.35")
+                    && status.observed_generation == c.metadata.generation
+            })
+            .await;
+        assert!(
+            conditions_of(&upgraded)
+                .iter()
+                .any(|(t, s, ..)| t == condition::SYNCED && s == "True")
+        );
+        // Two update calls: the control plane alone, then the pool.
+        assert_eq!(cloud.calls.snapshot().2, 2);
+        let notes: Vec<String> = h
+            .events("web")
+            .await
+            .into_iter()
+            .filter(|(r, _)| r == "UpdatingExternalResource")
+            .map(|(_, n)| n)
+            .collect();
+        assert!(
+            notes
+                .iter()
+                .any(|n| n == "upgrade the control plane to 1.35"),
+            "{notes:?}"
+        );
+        assert!(
+            notes
+                .iter()
+                .any(|n| n == "upgrade node pool workers to 1.35"),
+            "{notes:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn node_pools_are_scaled_added_and_removed() {
+    with_temp_ns(|client, ns| async move {
+        let h = Harness::start(client, ns, json!({})).await;
+        h.create("web", json!({}), json!({})).await;
+        h.wait_for_condition("web", condition::READY, "True", "Available").await;
+        h.patch_spec(
+            "web",
+            json!({"nodePools": [
+                {"name": "workers", "machineType": "standard-2", "min": 1, "max": 5, "desired": 4},
+                {"name": "batch", "machineType": "standard-8", "min": 0, "max": 3},
+            ]}),
+        )
+        .await;
+        let scaled = h
+            .wait_for("web", "workers at 4 and a batch pool", |c| {
+                let pools = c.status.clone().unwrap_or_default().node_pools;
+                pools.iter().any(|p| p.name == "workers" && p.desired == Some(4))
+                    && pools.iter().any(|p| p.name == "batch")
+                    && c.status.as_ref().unwrap().observed_generation == c.metadata.generation
+            })
+            .await;
+        assert_eq!(scaled.status.unwrap().node_pools.len(), 2);
+        h.patch_spec("web", json!({"nodePools": [{"name": "batch", "machineType": "standard-8", "min": 0, "max": 3}]})).await;
+        h.wait_for("web", "only the batch pool", |c| {
+            let pools = c.status.clone().unwrap_or_default().node_pools;
+            pools.len() == 1 && pools[0].name == "batch"
+        })
+        .await;
+        let cloud = h.cloud().await;
+        assert_eq!(cloud.get("web").unwrap().node_pools.len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_paused_cluster_is_left_alone() {
+    with_temp_ns(|client, ns| async move {
+        let h = Harness::start(client, ns, json!({})).await;
+        h.create("web", json!({"paused": true}), json!({})).await;
+        h.wait_for_condition("web", condition::SYNCED, "False", "ReconcilePaused")
+            .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            h.nop
+                .cloud(&h.config)
+                .is_none_or(|c| c.calls.snapshot() == (0, 0, 0, 0))
+        );
+        h.patch_spec("web", json!({"paused": false})).await;
+        h.wait_for_condition("web", condition::READY, "True", "Available")
+            .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_name_taken_by_someone_else_is_neither_adopted_nor_deleted() {
+    with_temp_ns(|client, ns| async move {
+        let h = Harness::start(client, ns, json!({})).await;
+        h.create("probe", json!({}), json!({})).await;
+        h.wait_for_condition("probe", condition::READY, "True", "Available")
+            .await;
+        let cloud = h.cloud().await;
+        cloud.put(NopCluster {
+            name: "taken".into(),
+            owner: Some("other-team/taken".into()),
+            version: "1.36".into(),
+            node_pools: vec![],
+            ready_at: 0,
+            busy_until: 0,
+            deleted_at: None,
+        });
+        h.create("taken", json!({}), json!({})).await;
+        let refused = h
+            .wait_for_condition("taken", condition::SYNCED, "False", "AlreadyExists")
+            .await;
+        assert!(message_of(&refused, condition::SYNCED).contains("other-team/taken"));
+        h.clusters()
+            .delete("taken", &DeleteParams::default())
+            .await
+            .unwrap();
+        h.wait_until_gone("taken").await;
+        assert!(cloud.get("taken").is_some());
+        assert_eq!(cloud.calls.snapshot().3, 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_missing_provider_config_is_reported_and_picked_up_when_created() {
+    with_temp_ns(|client, ns| async move {
+        let h = Harness::start(client.clone(), ns.clone(), json!({})).await;
+        let late = format!("{ns}-late");
+        h.create(
+            "web",
+            json!({"providerConfigRef": {"name": late}}),
+            json!({}),
+        )
+        .await;
+        let waiting = h
+            .wait_for_condition("web", condition::SYNCED, "False", "ProviderConfigNotFound")
+            .await;
+        assert!(message_of(&waiting, condition::SYNCED).contains(&late));
+        let configs: Api<ProviderConfig> = Api::all(client);
+        let config: ProviderConfig = serde_json::from_value(
+            json!({"metadata": {"name": late}, "spec": {"provider": "nop"}}),
+        )
+        .unwrap();
+        configs
+            .create(&PostParams::default(), &config)
+            .await
+            .unwrap();
+        h.wait_for_condition("web", condition::READY, "True", "Available")
+            .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unreadable_credentials_are_reported_without_their_content() {
+    with_temp_ns(|client, ns| async move {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "creds"},
+            "stringData": {"token": "planted-secret-value-7f3a"},
+        }))
+        .unwrap();
+        secrets.create(&PostParams::default(), &secret).await.unwrap();
+        let h = Harness::start(
+            client.clone(),
+            ns.clone(),
+            json!({"credentials": {"source": "Secret", "secretRef": {"namespace": ns, "name": "creds", "key": "wrong-key"}}}),
+        )
+        .await;
+        h.create("web", json!({}), json!({})).await;
+        let failed = h.wait_for_condition("web", condition::SYNCED, "False", "CredentialsUnavailable").await;
+        let message = message_of(&failed, condition::SYNCED);
+        assert!(message.contains("has no key wrong-key"), "{message}");
+
+        let configs: Api<ProviderConfig> = Api::all(client.clone());
+        let config = await_condition(&configs, &h.config, "the ProviderConfig to report Ready=False", WAIT, |c: Option<&ProviderConfig>| {
+            c.and_then(|c| c.status.as_ref())
+                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "False"))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let everything = format!(
+            "{}{:?}",
+            serde_json::to_string(&config).unwrap(),
+            h.events("web").await
+        ) + &serde_json::to_string(&failed).unwrap();
+        assert!(!everything.contains("planted-secret-value-7f3a"), "a credential leaked into status or events");
+
+        // With the right key, the account works.
+        configs
+            .patch(&h.config, &PatchParams::default(), &Patch::Merge(json!({"spec": {"credentials": {"secretRef": {"key": "token"}}}})))
+            .await
+            .unwrap();
+        h.wait_for_condition("web", condition::READY, "True", "Available").await;
+        let _ = shared();
+    })
+    .await;
+}
