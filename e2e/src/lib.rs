@@ -1,8 +1,18 @@
 //! End-to-end test helpers: the built `fleetforge` binary and the project's
 //! scripts, run the way a user runs them.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use fleetforge_testenv::{ControlPlane, OwnedProcess, free_port, tools};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
 
 pub use fleetforge_testenv::tools::workspace_root;
 
@@ -39,4 +49,157 @@ pub fn run_ok(command: &mut Command) -> Output {
         String::from_utf8_lossy(&output.stderr)
     );
     output
+}
+
+/// Runs the built kubectl with `kubeconfig`.
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    let output = run_ok(
+        Command::new(tools::binary("kubectl").expect("kubectl is built"))
+            .args(args)
+            .env("KUBECONFIG", kubeconfig),
+    );
+    String::from_utf8(output.stdout).expect("kubectl prints UTF-8")
+}
+
+/// Pipes `fleetforge <args>` into `kubectl apply --server-side -f -`, as a
+/// user installs the CRDs and the RBAC.
+pub fn apply_generated(kubeconfig: &Path, args: &[&str]) {
+    let generated = run_ok(Command::new(fleetforge_bin()).args(args));
+    let mut apply = Command::new(tools::binary("kubectl").expect("kubectl is built"))
+        .args(["apply", "--server-side", "--force-conflicts", "-f", "-"])
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    apply
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(&generated.stdout)
+        .expect("kubectl reads the manifests");
+    let output = apply.wait_with_output().expect("kubectl finishes");
+    assert!(
+        output.status.success(),
+        "kubectl apply of `fleetforge {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Creates the `fleetforge` ServiceAccount in `namespace`, binds it to the
+/// generated ClusterRoles (leader election in `namespace` only), and writes
+/// a kubeconfig with its token to `path`: the controller then runs with
+/// exactly the permissions `deploy/rbac` grants.
+pub async fn service_account_kubeconfig(
+    plane: &ControlPlane,
+    client: &Client,
+    namespace: &str,
+    path: &Path,
+) -> PathBuf {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let params = PatchParams::apply("fleetforge-e2e").force();
+    let account =
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "fleetforge"}});
+    accounts
+        .patch("fleetforge", &params, &Patch::Apply(&account))
+        .await
+        .unwrap();
+    let subject = json!([{"kind": "ServiceAccount", "name": "fleetforge", "namespace": namespace}]);
+    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(client.clone());
+    let binding_name = format!("fleetforge-e2e-{namespace}");
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": binding_name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "fleetforge"},
+        "subjects": subject,
+    });
+    bindings
+        .patch(&binding_name, &params, &Patch::Apply(&binding))
+        .await
+        .unwrap();
+    let role_bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+        Api::namespaced(client.clone(), namespace);
+    let lease_binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "fleetforge-leader-election"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "fleetforge-leader-election"},
+        "subjects": subject,
+    });
+    role_bindings
+        .patch(
+            "fleetforge-leader-election",
+            &params,
+            &Patch::Apply(&lease_binding),
+        )
+        .await
+        .unwrap();
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"expirationSeconds": 3600}})).unwrap();
+    let issued: TokenRequest = accounts
+        .create_subresource("token", "fleetforge", &PostParams::default(), &request)
+        .await
+        .unwrap();
+    let token = issued
+        .status
+        .and_then(|s| s.token)
+        .expect("a token is issued");
+    plane.write_token_kubeconfig(path, &token).unwrap();
+    path.to_path_buf()
+}
+
+/// A running `fleetforge controller`, stopped when dropped.
+#[derive(Debug)]
+pub struct Controller {
+    /// The process.
+    pub process: OwnedProcess,
+    /// Port of /metrics, /healthz, /readyz on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Controller {
+    /// Starts the controller for `namespace` with `kubeconfig`, its lease in
+    /// `namespace`, logging to `log`.
+    pub fn start(kubeconfig: &Path, namespace: &str, log: &Path) -> Self {
+        let port = free_port().unwrap();
+        let args = vec![
+            "controller".to_string(),
+            format!("--namespace={namespace}"),
+            format!("--lease-namespace={namespace}"),
+            format!("--metrics-addr=127.0.0.1:{port}"),
+        ];
+        let kubeconfig = kubeconfig.to_string_lossy().to_string();
+        let process = OwnedProcess::spawn_with_env(
+            "fleetforge",
+            &fleetforge_bin(),
+            &args,
+            &[("KUBECONFIG", &kubeconfig), ("RUST_LOG", "info")],
+            log,
+        )
+        .unwrap();
+        Self { process, port }
+    }
+
+    /// GETs `path` from the controller's HTTP endpoint: (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let mut stream =
+            TcpStream::connect(("127.0.0.1", self.port)).expect("the endpoint listens");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
 }

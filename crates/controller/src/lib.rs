@@ -2,3 +2,9 @@
 //! runtime (leader election, metrics, health) and generated artefacts.
 
 pub mod crdgen;
+pub mod leader;
+pub mod providers;
+pub mod rbac;
+pub mod run;
+pub mod server;
+pub mod telemetry;

@@ -3,30 +3,43 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use fleetforge_controller::crdgen;
+use fleetforge_controller::telemetry::{self, LogFormat};
+use fleetforge_controller::{crdgen, rbac, run};
 
 /// Provisions managed clusters, virtual clusters, tools and dev environments
 /// declared as Kubernetes resources, and keeps them converged.
 #[derive(Debug, Parser)]
 #[command(name = "fleetforge", version)]
 struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the controllers against KUBECONFIG (or in-cluster).
+    Controller(run::ControllerArgs),
     /// Print every CustomResourceDefinition (or write one file per CRD).
     Crds {
         /// Write the files into this directory instead of printing a stream.
         #[arg(long, value_name = "DIR")]
         write: Option<PathBuf>,
     },
+    /// Print the least-privilege ClusterRoles the controller needs.
+    Rbac,
 }
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Controller(args) => {
+            telemetry::init(cli.log_format);
+            run::run(args).await?;
+        }
         Command::Crds { write: None } => print!("{}", crdgen::render_stream()?),
         Command::Crds { write: Some(dir) } => {
             std::fs::create_dir_all(&dir)?;
@@ -34,6 +47,7 @@ fn main() -> anyhow::Result<()> {
                 std::fs::write(dir.join(name), yaml)?;
             }
         }
+        Command::Rbac => print!("{}", rbac::render()?),
     }
     Ok(())
 }

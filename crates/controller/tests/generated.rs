@@ -39,3 +39,14 @@ fn checked_in_crds_match_the_types() {
         "crds/ holds files no type generates: {fix}"
     );
 }
+
+#[test]
+fn checked_in_rbac_matches_the_rules() {
+    let path = workspace_root().join("deploy/rbac/clusterroles.yaml");
+    let on_disk = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        on_disk == fleetforge_controller::rbac::render().unwrap(),
+        "{} differs from crates/controller/src/rbac.rs: run `cargo run --bin fleetforge -- rbac > deploy/rbac/clusterroles.yaml`",
+        path.display()
+    );
+}

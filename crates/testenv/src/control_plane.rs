@@ -257,6 +257,25 @@ impl ControlPlane {
         &self.kubeconfig_path
     }
 
+    /// Writes a kubeconfig at `path` that authenticates with a bearer
+    /// `token` (a service account's), to run a process with exactly that
+    /// identity's permissions.
+    pub fn write_token_kubeconfig(&self, path: &Path, token: &str) -> Result<(), Error> {
+        let kubeconfig = json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "testenv", "cluster": {
+                "server": self.server,
+                "certificate-authority": self.dir.join("pki").join("ca.crt"),
+            }}],
+            "users": [{"name": "token", "user": {"token": token}}],
+            "contexts": [{"name": "testenv", "context": {"cluster": "testenv", "user": "token"}}],
+            "current-context": "testenv",
+        });
+        std::fs::write(path, kubeconfig.to_string())
+            .map_err(|e| Error::io("writing a token kubeconfig", e))
+    }
+
     /// The API server URL.
     pub fn server(&self) -> &str {
         &self.server

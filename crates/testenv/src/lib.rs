@@ -39,7 +39,7 @@ use serde::de::DeserializeOwned;
 
 pub use control_plane::{Builder, ControlPlane, data_root};
 pub use kwok::{NODE_ANNOTATION, node};
-pub use process::{pids_mentioning, pss_bytes, rss_bytes};
+pub use process::{OwnedProcess, free_port, pids_mentioning, pss_bytes, rss_bytes};
 
 /// Label on every namespace [`with_temp_ns`] creates.
 pub const TEMP_NAMESPACE_LABEL: &str = "fleetforge.dev/testenv";

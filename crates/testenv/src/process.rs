@@ -34,9 +34,10 @@ static SPAWNER: LazyLock<mpsc::Sender<SpawnRequest>> = LazyLock::new(|| {
     requests
 });
 
-/// A running child process, killed when dropped.
+/// A running child process, killed when dropped, and killed by the kernel
+/// when the test binary ends.
 #[derive(Debug)]
-pub(crate) struct OwnedProcess {
+pub struct OwnedProcess {
     name: String,
     child: Child,
     log: PathBuf,
@@ -44,10 +45,16 @@ pub(crate) struct OwnedProcess {
 
 impl OwnedProcess {
     /// Starts `program` with `args`, its stdout and stderr going to `log`.
-    pub(crate) fn spawn(
+    pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> Result<Self, Error> {
+        Self::spawn_with_env(name, program, args, &[], log)
+    }
+
+    /// Like [`OwnedProcess::spawn`], with extra environment variables.
+    pub fn spawn_with_env(
         name: &str,
         program: &Path,
         args: &[String],
+        env: &[(&str, &str)],
         log: &Path,
     ) -> Result<Self, Error> {
         let out = File::create(log).map_err(|e| Error::io("creating a process log", e))?;
@@ -61,6 +68,7 @@ impl OwnedProcess {
             .arg("--")
             .arg(program)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -83,17 +91,17 @@ impl OwnedProcess {
     }
 
     /// The component name (for messages).
-    pub(crate) fn name(&self) -> &str {
+    pub fn name(&self) -> &str {
         &self.name
     }
 
     /// The operating-system process id.
-    pub(crate) fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Fails with the log's tail if the process has already exited.
-    pub(crate) fn ensure_running(&mut self) -> Result<(), Error> {
+    pub fn ensure_running(&mut self) -> Result<(), Error> {
         match self.child.try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => Err(Error::Exited {
@@ -106,12 +114,34 @@ impl OwnedProcess {
     }
 
     /// The last lines the process wrote, for error messages.
-    pub(crate) fn log_tail(&self) -> String {
+    pub fn log_tail(&self) -> String {
         tail(&self.log, 4096)
     }
 
+    /// Whether the process has exited, and how: `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits up to `timeout` for it;
+    /// returns its exit status, or `None` if it is still running.
+    pub fn terminate(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.exit_status() {
+                return Some(status);
+            }
+            thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
+    }
+
     /// Resident memory of the process in bytes, from /proc.
-    pub(crate) fn rss_bytes(&self) -> Option<u64> {
+    pub fn rss_bytes(&self) -> Option<u64> {
         rss_bytes(self.pid())
     }
 }
@@ -155,7 +185,7 @@ fn tail(path: &Path, max: u64) -> String {
 
 /// A TCP port on 127.0.0.1 that was free a moment ago. Another process may
 /// take it before ours binds; callers retry start-up on a bind failure.
-pub(crate) fn free_port() -> Result<u16, Error> {
+pub fn free_port() -> Result<u16, Error> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(|e| Error::io("finding a free port", e))?;
     listener

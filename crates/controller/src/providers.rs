@@ -1,0 +1,13 @@
+//! The one place providers are registered: a new provider is a crate under
+//! `providers/` and one line here.
+
+use std::sync::Arc;
+
+use fleetforge_api::{Cluster, ProviderKind};
+use fleetforge_core::Providers;
+use fleetforge_provider_nop::NopFactory;
+
+/// Every provider this binary can manage Clusters with.
+pub fn clusters() -> Providers<Cluster> {
+    Providers::default().register(ProviderKind::Nop, NopFactory::new() as Arc<_>)
+}

@@ -1,0 +1,176 @@
+//! `fleetforge controller`: runs every controller against the current
+//! kubeconfig (or the in-cluster service account) until SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use fleetforge_api::Cluster;
+use fleetforge_core::{Metrics, Options};
+use kube::Client;
+use prometheus_client::registry::Registry;
+use tokio::sync::broadcast;
+
+use crate::leader::{Candidate, Timing};
+use crate::server::{self, Health};
+
+/// Options of `fleetforge controller`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControllerArgs {
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:8080",
+        env = "FLEETFORGE_METRICS_ADDR"
+    )]
+    pub metrics_addr: SocketAddr,
+    /// Elect a leader through a Lease so that only one replica acts.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "fleetforge")]
+    pub lease_name: String,
+    /// Namespace of the leader-election Lease (default: POD_NAMESPACE, else `default`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Only manage objects in this namespace (default: all namespaces).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Reconciles running at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: u16,
+}
+
+/// Runs until SIGTERM or SIGINT (returning Ok) or until leadership is lost
+/// (returning an error, so that the process restarts as a candidate).
+pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("connecting to Kubernetes (KUBECONFIG, ~/.kube/config or in-cluster)")?;
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let health = Arc::new(Health {
+        ready: AtomicBool::new(false),
+        registry,
+    });
+
+    let (stop, _) = broadcast::channel::<()>(1);
+    let stopped = |stop: &broadcast::Sender<()>| {
+        let mut rx = stop.subscribe();
+        async move {
+            let _ = rx.recv().await;
+        }
+    };
+    tokio::spawn(forward_signals(stop.clone()));
+
+    let listener = server::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
+    let server = tokio::spawn(server::serve(listener, health.clone(), stopped(&stop)));
+
+    let version = client
+        .apiserver_version()
+        .await
+        .context("reaching the Kubernetes API server")?;
+    tracing::info!(server = %version.git_version, "connected to the API server");
+    health.ready.store(true, Ordering::Relaxed);
+
+    let candidate = args.leader_elect.then(|| {
+        Candidate::new(
+            client.clone(),
+            &args.lease_namespace,
+            &args.lease_name,
+            &identity(),
+            Timing::default(),
+        )
+    });
+    if let Some(candidate) = &candidate {
+        tokio::select! {
+            () = candidate.acquire() => {}
+            () = stopped(&stop) => return Ok(()),
+        }
+    }
+
+    // Stop the engine on a signal, or when leadership is lost (renewing
+    // runs as its own task: the engine's shutdown future must be Sync).
+    let lost = Arc::new(AtomicBool::new(false));
+    let (engine_stop, engine_stopped) = tokio::sync::oneshot::channel::<()>();
+    {
+        let candidate = candidate.clone();
+        let lost = lost.clone();
+        let signal = stopped(&stop);
+        tokio::spawn(async move {
+            match candidate {
+                Some(candidate) => tokio::select! {
+                    () = signal => {}
+                    () = candidate.hold() => lost.store(true, Ordering::Relaxed),
+                },
+                None => signal.await,
+            }
+            let _ = engine_stop.send(());
+        });
+    }
+    let shutdown = async move {
+        let _ = engine_stopped.await;
+    };
+    let options = Options {
+        concurrency: args.concurrency,
+        namespace: args.namespace.clone(),
+        ..Options::default()
+    };
+    tracing::info!(
+        namespace = args.namespace.as_deref().unwrap_or("all"),
+        "starting controllers"
+    );
+    fleetforge_core::run::<Cluster>(
+        client,
+        crate::providers::clusters(),
+        metrics,
+        options,
+        shutdown,
+    )
+    .await;
+
+    if lost.load(Ordering::Relaxed) {
+        anyhow::bail!(
+            "lost leadership of lease {}/{}",
+            args.lease_namespace,
+            args.lease_name
+        );
+    }
+    if let Some(candidate) = &candidate {
+        candidate.release().await;
+    }
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Turns SIGTERM and SIGINT into a stop broadcast.
+async fn forward_signals(stop: broadcast::Sender<()>) {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                return;
+            }
+        };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+    }
+    let _ = stop.send(());
+}
+
+/// This replica's name in the Lease: the pod (host) name and process id.
+fn identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .or_else(|_| std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()))
+        .unwrap_or_else(|_| "fleetforge".to_string());
+    format!("{host}_{}", std::process::id())
+}

@@ -1,0 +1,276 @@
+//! The built `fleetforge controller`, run the way an operator runs it:
+//! CRDs and RBAC applied with kubectl from `fleetforge crds` and `fleetforge
+//! rbac`, the controller under its own service account's token (so a
+//! missing RBAC verb fails here), and users working through kubectl.
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use fleetforge_api::{Cluster, ProviderConfig, annotation, condition};
+use fleetforge_e2e::{Controller, apply_generated, kubectl, service_account_kubeconfig};
+use fleetforge_testenv::{await_condition, shared};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn admin_kubeconfig() -> PathBuf {
+    shared().kubeconfig_path().to_path_buf()
+}
+
+/// CRDs and ClusterRoles, installed once per test binary with kubectl.
+fn install() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        apply_generated(&admin_kubeconfig(), &["crds"]);
+        kubectl(
+            &admin_kubeconfig(),
+            &[
+                "wait",
+                "--for=condition=Established",
+                "crd",
+                "--all",
+                "--timeout=60s",
+            ],
+        );
+        apply_generated(&admin_kubeconfig(), &["rbac"]);
+    });
+}
+
+async fn create_provider_config(client: &Client, name: &str, nop: serde_json::Value) {
+    let configs: Api<ProviderConfig> = Api::all(client.clone());
+    let config: ProviderConfig = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"provider": "nop", "pollInterval": "2s", "defaults": {"region": "nop-region-1"}, "nop": nop},
+    }))
+    .unwrap();
+    configs
+        .create(&PostParams::default(), &config)
+        .await
+        .unwrap();
+}
+
+async fn create_cluster(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    config: &str,
+    annotations: serde_json::Value,
+) {
+    let clusters: Api<Cluster> = Api::namespaced(client.clone(), namespace);
+    let cluster: Cluster = serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "providerConfigRef": {"name": config},
+            "version": "1.36",
+            "nodePools": [{"name": "workers", "machineType": "standard-2", "min": 1, "max": 3, "desired": 2}],
+        },
+    }))
+    .unwrap();
+    clusters
+        .create(&PostParams::default(), &cluster)
+        .await
+        .unwrap();
+}
+
+async fn await_ready(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    controller: &Controller,
+) -> Cluster {
+    let clusters: Api<Cluster> = Api::namespaced(client.clone(), namespace);
+    let ready = await_condition(
+        &clusters,
+        name,
+        &format!("Cluster {name} to be Ready"),
+        WAIT,
+        |c: Option<&Cluster>| {
+            c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == condition::READY && c.status == "True")
+            })
+        },
+    )
+    .await;
+    match ready {
+        Ok(cluster) => cluster.unwrap(),
+        Err(e) => panic!("{e}\ncontroller log:\n{}", controller.process.log_tail()),
+    }
+}
+
+fn log_path(dir: &Path) -> PathBuf {
+    dir.join("controller.log")
+}
+
+#[tokio::test]
+async fn the_controller_runs_under_its_rbac_and_kubectl_shows_the_clusters() {
+    install();
+    let work = tempfile::tempdir().unwrap();
+    shared()
+        .with_temp_ns(|client, ns| async move {
+            let kubeconfig = service_account_kubeconfig(shared(), &client, &ns, &work.path().join("sa.kubeconfig")).await;
+            let mut controller = Controller::start(&kubeconfig, &ns, &log_path(work.path()));
+            create_provider_config(&client, &ns, json!({})).await;
+            create_cluster(&client, &ns, "dev-1", &ns, json!({})).await;
+            let ready = await_ready(&client, &ns, "dev-1", &controller).await;
+            assert!(ready.finalizers().contains(&fleetforge_api::FINALIZER.to_string()));
+
+            // `kubectl get clusters` is useful without flags.
+            let table = kubectl(&admin_kubeconfig(), &["get", "clusters", "-n", &ns]);
+            let mut lines = table.lines();
+            let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+            assert_eq!(header, ["NAME", "PROVIDER", "REGION", "VERSION", "PHASE", "READY", "DRIFT", "AGE"]);
+            let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+            assert_eq!(&row[..7], ["dev-1", "nop", "nop-region-1", "1.36", "Ready", "True", "False"], "{table}");
+            // ... and the short name and category work.
+            assert!(kubectl(&admin_kubeconfig(), &["get", "ffc", "-n", &ns]).contains("dev-1"));
+            assert!(kubectl(&admin_kubeconfig(), &["get", "fleetforge", "-n", &ns]).contains("cluster.fleetforge.dev/dev-1"));
+            let described = kubectl(&admin_kubeconfig(), &["describe", "cluster", "dev-1", "-n", &ns]);
+            assert!(described.contains("CreatedExternalResource"), "{described}");
+
+            // Health and metrics.
+            assert_eq!(controller.get("/healthz").0, 200);
+            assert_eq!(controller.get("/readyz").0, 200);
+            let (status, metrics) = controller.get("/metrics");
+            assert_eq!(status, 200);
+            assert!(metrics.contains("fleetforge_reconciles_total{kind=\"Cluster\"}"), "{metrics}");
+            assert!(
+                metrics.contains("fleetforge_provider_calls_total{provider=\"nop\",verb=\"create\",outcome=\"ok\"} 1"),
+                "{metrics}"
+            );
+
+            // Deleting through kubectl removes the cluster, then the object.
+            kubectl(&admin_kubeconfig(), &["delete", "cluster", "dev-1", "-n", &ns, "--timeout=60s"]);
+            let clusters: Api<Cluster> = Api::namespaced(client.clone(), &ns);
+            assert!(clusters.get_opt("dev-1").await.unwrap().is_none());
+
+            // SIGTERM: a clean exit that hands the lease back.
+            let status = controller.process.terminate(Duration::from_secs(15));
+            assert!(status.is_some_and(|s| s.success()), "exit: {status:?}\n{}", controller.process.log_tail());
+            let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+            let lease = leases.get("fleetforge").await.unwrap();
+            assert!(lease.spec.unwrap().holder_identity.is_none(), "the lease was not released");
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_crash_between_create_and_its_record_leaves_exactly_one_cluster() {
+    install();
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("nop-state");
+    shared()
+        .with_temp_ns(|client, ns| async move {
+            let kubeconfig = service_account_kubeconfig(
+                shared(),
+                &client,
+                &ns,
+                &work.path().join("sa.kubeconfig"),
+            )
+            .await;
+            create_provider_config(&client, &ns, json!({"stateDirectory": state})).await;
+            let mut first = Controller::start(&kubeconfig, &ns, &work.path().join("first.log"));
+            // The fake cloud aborts the process right after storing the
+            // cluster, before the controller can record that it created it.
+            create_cluster(
+                &client,
+                &ns,
+                "crashy",
+                &ns,
+                json!({"nop.fleetforge.dev/crash-after-create": "true"}),
+            )
+            .await;
+            let deadline = Instant::now() + WAIT;
+            let exit = loop {
+                if let Some(status) = first.process.exit_status() {
+                    break status;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the controller did not crash:\n{}",
+                    first.process.log_tail()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            assert!(!exit.success(), "{exit:?}");
+
+            let stored = |dir: &Path| -> Vec<String> {
+                let mut names: Vec<String> = std::fs::read_dir(dir)
+                    .unwrap()
+                    .filter_map(|e| {
+                        e.unwrap()
+                            .file_name()
+                            .to_string_lossy()
+                            .strip_suffix(".json")
+                            .map(str::to_string)
+                    })
+                    .filter(|n| !n.starts_with('.'))
+                    .collect();
+                names.sort();
+                names
+            };
+            assert_eq!(stored(&state), ["crashy"]);
+            let clusters: Api<Cluster> = Api::namespaced(client.clone(), &ns);
+            let crashed = clusters.get("crashy").await.unwrap();
+            let annotations = crashed.annotations();
+            assert!(
+                annotations.contains_key(annotation::CREATE_PENDING),
+                "{annotations:?}"
+            );
+            assert!(
+                !annotations.contains_key(annotation::CREATE_SUCCEEDED),
+                "{annotations:?}"
+            );
+
+            // A new controller finds the pending create, sees the cluster is
+            // its own and adopts it: no second create (which would abort again).
+            let second = Controller::start(&kubeconfig, &ns, &work.path().join("second.log"));
+            let ready = await_ready(&client, &ns, "crashy", &second).await;
+            assert!(!ready.annotations().contains_key(annotation::CREATE_PENDING));
+            assert!(
+                ready
+                    .annotations()
+                    .contains_key(annotation::CREATE_SUCCEEDED)
+            );
+            assert_eq!(stored(&state), ["crashy"]);
+            let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+            let reasons: Vec<String> = events
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter_map(|e| e.reason)
+                .collect();
+            assert!(
+                reasons.iter().any(|r| r == "CreateConfirmed"),
+                "{reasons:?}"
+            );
+            let mut second = second;
+            assert!(
+                second.process.exit_status().is_none(),
+                "the second controller must not crash"
+            );
+            clusters
+                .delete("crashy", &DeleteParams::default())
+                .await
+                .unwrap();
+            await_condition(
+                &clusters,
+                "crashy",
+                "crashy to be deleted",
+                WAIT,
+                |c: Option<&Cluster>| c.is_none(),
+            )
+            .await
+            .unwrap();
+            assert!(stored(&state).is_empty());
+        })
+        .await;
+}
