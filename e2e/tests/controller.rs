@@ -134,6 +134,37 @@ async fn the_controller_runs_under_its_rbac_and_kubectl_shows_the_clusters() {
             let described = kubectl(&admin_kubeconfig(), &["describe", "cluster", "dev-1", "-n", &ns]);
             assert!(described.contains("CreatedExternalResource"), "{described}");
 
+            // ToolSets are validated: install order, or the cycle named.
+            let sets: Api<fleetforge_api::ToolSet> = Api::all(client.clone());
+            let chart = json!({"path": "/charts/x"});
+            for (name, tools) in [
+                (format!("{ns}-good"), json!([{"name": "knative", "chart": chart, "dependsOn": ["cert-manager"]}, {"name": "cert-manager", "chart": chart}])),
+                (format!("{ns}-loop"), json!([{"name": "a", "chart": chart, "dependsOn": ["b"]}, {"name": "b", "chart": chart, "dependsOn": ["a"]}])),
+            ] {
+                let set: fleetforge_api::ToolSet =
+                    serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"tools": tools}})).unwrap();
+                sets.create(&PostParams::default(), &set).await.unwrap();
+            }
+            let good = await_condition(&sets, &format!("{ns}-good"), "the ToolSet to be validated", WAIT, |s: Option<&fleetforge_api::ToolSet>| {
+                s.and_then(|s| s.status.as_ref()).is_some_and(|s| s.tool_count == Some(2))
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            assert_eq!(good.status.unwrap().install_order, ["cert-manager", "knative"]);
+            let looped = await_condition(&sets, &format!("{ns}-loop"), "the cyclic ToolSet to be refused", WAIT, |s: Option<&fleetforge_api::ToolSet>| {
+                s.and_then(|s| s.status.as_ref())
+                    .is_some_and(|s| s.conditions.iter().any(|c| c.reason == "InvalidDependencies"))
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            let message = looped.status.unwrap().conditions[0].message.clone();
+            assert_eq!(message, "dependsOn forms a cycle: a -> b -> a");
+            let table = kubectl(&admin_kubeconfig(), &["get", "toolset", &format!("{ns}-good")]);
+            let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+            assert_eq!(&row[1..3], ["2", "True"], "{table}");
+
             // Health and metrics.
             assert_eq!(controller.get("/healthz").0, 200);
             assert_eq!(controller.get("/readyz").0, 200);

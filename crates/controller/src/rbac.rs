@@ -59,6 +59,9 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                     &["get", "list", "watch"],
                 ),
                 rule("fleetforge.dev", &["providerconfigs/status"], &["patch"]),
+                // Validate ToolSets and report their install order.
+                rule("fleetforge.dev", &["toolsets"], &["get", "list", "watch"]),
+                rule("fleetforge.dev", &["toolsets/status"], &["patch"]),
                 // Read credentials; write and remove connection Secrets.
                 rule("", &["secrets"], &["get", "create", "patch", "delete"]),
                 // Events for `kubectl describe`, and their series counts.

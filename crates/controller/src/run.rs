@@ -97,6 +97,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     // runs as its own task: the engine's shutdown future must be Sync).
     let lost = Arc::new(AtomicBool::new(false));
     let (engine_stop, engine_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (toolsets_stop, toolsets_stopped) = tokio::sync::oneshot::channel::<()>();
     {
         let candidate = candidate.clone();
         let lost = lost.clone();
@@ -110,6 +111,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 None => signal.await,
             }
             let _ = engine_stop.send(());
+            let _ = toolsets_stop.send(());
         });
     }
     let shutdown = async move {
@@ -124,14 +126,17 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         namespace = args.namespace.as_deref().unwrap_or("all"),
         "starting controllers"
     );
-    fleetforge_core::run::<Cluster>(
+    let toolsets = fleetforge_core::toolset::run(client.clone(), async move {
+        let _ = toolsets_stopped.await;
+    });
+    let clusters = fleetforge_core::run::<Cluster>(
         client,
         crate::providers::clusters(),
         metrics,
         options,
         shutdown,
-    )
-    .await;
+    );
+    tokio::join!(clusters, toolsets);
 
     if lost.load(Ordering::Relaxed) {
         anyhow::bail!(

@@ -11,6 +11,7 @@ pub mod managed;
 pub mod metrics;
 pub mod provider;
 pub mod ratelimit;
+pub mod toolset;
 
 pub use error::Error;
 pub use managed::{Engine, Managed, Options, Providers, run};

@@ -744,24 +744,37 @@ impl<'a, K: Managed> Pass<'a, K> {
             format!("created {external_name} at provider {provider_name}"),
         )
         .await;
-        let conditions = [
-            Desired::no(
-                condition::READY,
-                "Creating",
-                format!("{external_name} is being created"),
-            ),
-            Desired::yes(condition::SYNCED, "ReconcileSuccess", "create requested"),
-            Desired::no(condition::DRIFTED, "NoDrift", "no drift"),
-        ];
-        self.write_status(
-            Phase::Provisioning,
-            &conditions,
-            None,
-            None,
-            self.obj.status_observed_generation(),
-        )
-        .await?;
-        Ok(self.soon())
+        // Look once more right away: a resource that is already up gets one
+        // status write instead of Provisioning now and Ready a pass later.
+        match self
+            .call(Verb::Observe, || provider.observe(self.obj, external_name))
+            .await?
+        {
+            Some(observation) => {
+                self.converge(provider, policies, external_name, &observation)
+                    .await
+            }
+            None => {
+                let conditions = [
+                    Desired::no(
+                        condition::READY,
+                        "Creating",
+                        format!("{external_name} is being created"),
+                    ),
+                    Desired::yes(condition::SYNCED, "ReconcileSuccess", "create requested"),
+                    Desired::no(condition::DRIFTED, "NoDrift", "no drift"),
+                ];
+                self.write_status(
+                    Phase::Provisioning,
+                    &conditions,
+                    None,
+                    None,
+                    self.obj.status_observed_generation(),
+                )
+                .await?;
+                Ok(self.soon())
+            }
+        }
     }
 
     /// A create was started but its outcome was never recorded (the

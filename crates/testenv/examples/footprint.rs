@@ -1,7 +1,9 @@
 //! Measures what one test control plane costs: start-up time and resident
 //! memory per component, for BENCHMARKS.md.
 //!
-//!     cargo run --release -p fleetforge-testenv --example footprint
+//! ```text
+//! cargo run --release -p fleetforge-testenv --example footprint
+//! ```
 
 use std::time::{Duration, Instant};
 
