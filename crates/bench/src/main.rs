@@ -15,7 +15,7 @@
 //! target/release/fleetforge-bench --clusters 1000 --idle-clusters 10000
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -123,11 +123,13 @@ async fn main() -> anyhow::Result<()> {
         &log,
     )?;
     wait_for_leadership(&client).await?;
-    let writes_before = api_writes(&client).await?;
+    let by_resource_before = api_writes_by_resource(&client).await?;
     let converged = converge(&client, 0, args.clusters, args.client_concurrency).await?;
     // Let the last events land before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let controller_writes = api_writes(&client).await? - writes_before;
+    let by_resource_after = api_writes_by_resource(&client).await?;
+    let controller_writes =
+        by_resource_after.values().sum::<f64>() - by_resource_before.values().sum::<f64>();
     let ratio = converged.as_secs_f64() / floor.as_secs_f64();
     println!(
         "controller: {} clusters created and Ready in {:.2} s ({:.0} objects/s, {:.2} API writes per object incl. the create); ratio to floor {:.2} (target <= 1.5)",
@@ -136,6 +138,10 @@ async fn main() -> anyhow::Result<()> {
         args.clusters as f64 / converged.as_secs_f64(),
         controller_writes / args.clusters as f64,
         ratio
+    );
+    println!(
+        "controller phase, API writes per object: {}",
+        per_object(&by_resource_before, &by_resource_after, args.clusters)
     );
     println!(
         "ratio to the floor with the same writes: {:.2}",
@@ -404,18 +410,55 @@ async fn wait_for_leadership(client: &Client) -> anyhow::Result<()> {
 
 /// Mutating requests the API server has served (its own metrics).
 async fn api_writes(client: &Client) -> anyhow::Result<f64> {
+    Ok(api_writes_by_resource(client).await?.values().sum())
+}
+
+/// Mutating requests served, by `resource[/subresource] VERB`.
+async fn api_writes_by_resource(client: &Client) -> anyhow::Result<BTreeMap<String, f64>> {
     let request = http::Request::get("/metrics").body(Vec::new())?;
     let text = client.request_text(request).await?;
-    Ok(text
+    let label = |line: &str, name: &str| -> String {
+        line.split(&format!("{name}=\""))
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut writes = BTreeMap::new();
+    for line in text
         .lines()
         .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter(|l| {
-            ["POST", "PATCH", "PUT", "APPLY", "DELETE"]
-                .iter()
-                .any(|v| l.contains(&format!("verb=\"{v}\"")))
+    {
+        let verb = label(line, "verb");
+        if !["POST", "PATCH", "PUT", "APPLY", "DELETE"].contains(&verb.as_str()) {
+            continue;
+        }
+        let Some(count) = line.rsplit(' ').next().and_then(|c| c.parse::<f64>().ok()) else {
+            continue;
+        };
+        let sub = label(line, "subresource");
+        let resource = match sub.as_str() {
+            "" => label(line, "resource"),
+            sub => format!("{}/{sub}", label(line, "resource")),
+        };
+        *writes.entry(format!("{resource} {verb}")).or_insert(0.0) += count;
+    }
+    Ok(writes)
+}
+
+fn per_object(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    objects: usize,
+) -> String {
+    after
+        .iter()
+        .filter_map(|(key, count)| {
+            let delta = count - before.get(key).copied().unwrap_or(0.0);
+            (delta > 0.0).then(|| format!("{key} {:.2}", delta / objects as f64))
         })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Total observe calls from the controller's /metrics.

@@ -223,6 +223,12 @@ pub struct Engine<K: Managed> {
     clients: tokio::sync::Mutex<HashMap<String, CachedClient<K>>>,
     backoffs: Mutex<HashMap<ObjectRef<K>, ExponentialBackoff>>,
     published: Mutex<HashMap<ObjectRef<K>, u64>>,
+    /// The status this process last wrote for each object, until the
+    /// watch cache shows it. A pass that starts from a cached object
+    /// predating our write works from what we wrote instead (the engine is
+    /// the only status writer), so it neither rewrites the same status nor
+    /// loses condition transition times.
+    written: Mutex<HashMap<ObjectRef<K>, serde_json::Value>>,
     options: Options,
 }
 
@@ -246,6 +252,7 @@ pub async fn run<K: Managed>(
         clients: tokio::sync::Mutex::new(HashMap::new()),
         backoffs: Mutex::new(HashMap::new()),
         published: Mutex::new(HashMap::new()),
+        written: Mutex::new(HashMap::new()),
         options,
     });
 
@@ -370,6 +377,7 @@ pub async fn reconcile<K: Managed>(obj: Arc<K>, engine: Arc<Engine<K>>) -> Resul
     let in_flight = engine.metrics.in_flight.get_or_create(&kind).clone();
     in_flight.inc();
     let started = Instant::now();
+    let obj = engine.with_written_status(obj);
     let mut pass = Pass::new(&engine, &obj);
     let result = pass.run().await;
     in_flight.dec();
@@ -1251,11 +1259,17 @@ impl<'a, K: Managed> Pass<'a, K> {
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
+        let key = ObjectRef::from(self.obj);
         self.engine
             .published
             .lock()
             .expect("published map")
-            .remove(&ObjectRef::from(self.obj));
+            .remove(&key);
+        self.engine
+            .written
+            .lock()
+            .expect("written map")
+            .remove(&key);
         let external_name = self
             .obj
             .annotations()
@@ -1385,7 +1399,8 @@ impl<'a, K: Managed> Pass<'a, K> {
             let age = Timestamp::now().duration_since(t.0);
             age.as_secs() > (self.poll_interval() * 10).as_secs() as i64
         });
-        if candidate == current && !(stale && observed.is_some()) {
+        let refresh = stale && observed.is_some();
+        if candidate == current && !refresh {
             return Ok(());
         }
         let last_observed = if observed.is_some() {
@@ -1399,7 +1414,7 @@ impl<'a, K: Managed> Pass<'a, K> {
         let patch = json!({
             "apiVersion": K::api_version(&()),
             "kind": K::kind(&()),
-            "status": status,
+            "status": &status,
         });
         self.api
             .patch_status(
@@ -1408,6 +1423,11 @@ impl<'a, K: Managed> Pass<'a, K> {
                 &Patch::Apply(&patch),
             )
             .await?;
+        self.engine
+            .written
+            .lock()
+            .expect("written map")
+            .insert(ObjectRef::from(self.obj), status);
         Ok(())
     }
 
@@ -1570,6 +1590,26 @@ impl<K: Managed> Debug for Engine<K> {
 }
 
 impl<K: Managed> Engine<K> {
+    /// `obj` with the status this process last wrote, when the watch cache
+    /// has not caught up with that write yet.
+    fn with_written_status(&self, obj: Arc<K>) -> Arc<K> {
+        let key = ObjectRef::from(&*obj);
+        let mut written = self.written.lock().expect("written map");
+        let Some(status) = written.get(&key) else {
+            return obj;
+        };
+        if *status == obj.status_json() {
+            written.remove(&key);
+            return obj;
+        }
+        let mut value = match serde_json::to_value(&*obj) {
+            Ok(value) => value,
+            Err(_) => return obj,
+        };
+        value["status"] = status.clone();
+        serde_json::from_value(value).map(Arc::new).unwrap_or(obj)
+    }
+
     /// A client for the account `config` describes, reused until the
     /// ProviderConfig changes or the client is older than the client TTL.
     async fn connect(&self, config: &ProviderConfig) -> Result<Arc<dyn ExternalClient<K>>, Error> {

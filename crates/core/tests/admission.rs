@@ -364,3 +364,70 @@ async fn environments_and_virtual_clusters_are_checked_at_admission() {
     })
     .await;
 }
+
+/// Every YAML file under `examples/` is accepted by the API server (server
+/// dry run), so documented examples cannot rot. Namespaced objects are
+/// placed in a temporary namespace.
+#[tokio::test]
+async fn every_example_is_accepted() {
+    let client = client().await;
+    let discovery = kube::Discovery::new(client.clone()).run().await.unwrap();
+    let root = fleetforge_testenv::tools::workspace_root().join("examples");
+    let mut files = Vec::new();
+    let mut dirs = vec![root];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(!files.is_empty());
+    with_temp_ns(|_, ns| async move {
+        let mut checked = 0;
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            for doc in docs.into_iter().filter(|d| !d.is_null()) {
+                let mut object: DynamicObject = serde_json::from_value(doc).unwrap();
+                let types = object.types.clone().unwrap();
+                if types.kind == "Namespace" {
+                    continue;
+                }
+                let (group, version) = types
+                    .api_version
+                    .split_once('/')
+                    .unwrap_or(("", &types.api_version));
+                let gvk = kube::core::GroupVersionKind::gvk(group, version, &types.kind);
+                let (resource, caps) = discovery
+                    .resolve_gvk(&gvk)
+                    .unwrap_or_else(|| panic!("{}: unknown kind {}", file.display(), types.kind));
+                let api = if caps.scope == kube::discovery::Scope::Namespaced {
+                    object.metadata.namespace = Some(ns.clone());
+                    api(&client, &resource, Some(&ns))
+                } else {
+                    api(&client, &resource, None)
+                };
+                let params = PostParams {
+                    dry_run: true,
+                    ..PostParams::default()
+                };
+                if let Err(e) = api.create(&params, &object).await {
+                    panic!(
+                        "{}: {} {} refused: {e}",
+                        file.display(),
+                        types.kind,
+                        object.metadata.name.unwrap_or_default()
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 2);
+    })
+    .await;
+}
