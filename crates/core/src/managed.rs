@@ -223,8 +223,8 @@ pub struct Engine<K: Managed> {
     clients: tokio::sync::Mutex<HashMap<String, CachedClient<K>>>,
     backoffs: Mutex<HashMap<ObjectRef<K>, ExponentialBackoff>>,
     published: Mutex<HashMap<ObjectRef<K>, u64>>,
-    /// The status this process last wrote for each object, until the
-    /// watch cache shows it. A pass that starts from a cached object
+    /// The status this process last wrote for each object, until the next
+    /// pass of that object. A pass that starts from a cached object
     /// predating our write works from what we wrote instead (the engine is
     /// the only status writer), so it neither rewrites the same status nor
     /// loses condition transition times.
@@ -1591,22 +1591,23 @@ impl<K: Managed> Debug for Engine<K> {
 
 impl<K: Managed> Engine<K> {
     /// `obj` with the status this process last wrote, when the watch cache
-    /// has not caught up with that write yet.
+    /// has not caught up with that write yet. Only the next pass needs it
+    /// (it is the one that can start before the watch delivers our write),
+    /// so the entry is taken, which keeps the map to the objects written in
+    /// the last moments.
     fn with_written_status(&self, obj: Arc<K>) -> Arc<K> {
         let key = ObjectRef::from(&*obj);
-        let mut written = self.written.lock().expect("written map");
-        let Some(status) = written.get(&key) else {
+        let Some(status) = self.written.lock().expect("written map").remove(&key) else {
             return obj;
         };
-        if *status == obj.status_json() {
-            written.remove(&key);
+        if status == obj.status_json() {
             return obj;
         }
         let mut value = match serde_json::to_value(&*obj) {
             Ok(value) => value,
             Err(_) => return obj,
         };
-        value["status"] = status.clone();
+        value["status"] = status;
         serde_json::from_value(value).map(Arc::new).unwrap_or(obj)
     }
 

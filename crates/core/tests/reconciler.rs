@@ -624,11 +624,20 @@ async fn each_cluster_is_read_once_per_poll_interval() {
         let cloud = h.cloud().await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before = cloud.observes_of("web");
+        let version_before = h.clusters().get("web").await.unwrap().resource_version();
         tokio::time::sleep(Duration::from_secs(10)).await;
         let reads = cloud.observes_of("web") - before;
-        // 10 s at one read per 2 s (jittered by 10%): 5, give or take one.
+        // Polling a converged cluster writes nothing (lastObserved is
+        // refreshed only every ten poll intervals, 20 s here).
+        let after = h.clusters().get("web").await.unwrap();
+        if after.resource_version() != version_before {
+            let status = serde_json::to_string_pretty(&after.status).unwrap();
+            panic!("a converged cluster was rewritten while polling; status now:\n{status}");
+        }
+        // 10 s at one read per 2 s (jittered by 10%): at most 6. The lower
+        // bound only shows that polling happens on a busy machine.
         assert!(
-            (4..=6).contains(&reads),
+            (2..=6).contains(&reads),
             "{reads} reads in 10 s with a 2 s poll interval"
         );
     })
