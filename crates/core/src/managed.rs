@@ -246,7 +246,7 @@ pub async fn run<K: Managed>(
         recorder: Recorder::new(client.clone(), &options.reporter),
         client: client.clone(),
         providers,
-        provider_configs: config_store.clone(),
+        provider_configs: config_store,
         metrics,
         rate_limits: RateLimits::default(),
         clients: tokio::sync::Mutex::new(HashMap::new()),
@@ -337,7 +337,6 @@ pub async fn run<K: Managed>(
             }
         }
     };
-    let _ = config_store;
     tokio::join!(
         shutdown_signal,
         objects_controller,
@@ -517,7 +516,7 @@ impl<'a, K: Managed> Pass<'a, K> {
         if self.obj.meta().deletion_timestamp.is_some() {
             return self.delete(&*provider, policies).await;
         }
-        self.apply(&*provider, policies, &config).await
+        self.apply(&*provider, policies).await
     }
 
     fn provider_config(&self) -> Result<Arc<ProviderConfig>, Error> {
@@ -588,7 +587,6 @@ impl<'a, K: Managed> Pass<'a, K> {
         &self,
         provider: &dyn ExternalClient<K>,
         policies: Policies,
-        config: &ProviderConfig,
     ) -> Result<Action, Error> {
         let observe_only = policies.management == ManagementPolicy::ObserveOnly;
         let wants_finalizer = !observe_only && policies.deletion == DeletionPolicy::Delete;
@@ -653,7 +651,6 @@ impl<'a, K: Managed> Pass<'a, K> {
                     self.write_metadata(wants_finalizer, &external_name, None)
                         .await?;
                 }
-                let _ = config;
                 self.converge(provider, policies, &external_name, &observation)
                     .await
             }
