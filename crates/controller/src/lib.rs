@@ -2,7 +2,10 @@
 //! runtime (leader election, metrics, health) and generated artefacts.
 
 pub mod crdgen;
+pub mod dev;
+pub mod home;
 pub mod leader;
+pub mod manifests;
 pub mod providers;
 pub mod rbac;
 pub mod run;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use fleetforge_controller::telemetry::{self, LogFormat};
-use fleetforge_controller::{crdgen, rbac, run};
+use fleetforge_controller::{crdgen, dev, rbac, run};
 
 /// Provisions managed clusters, virtual clusters, tools and dev environments
 /// declared as Kubernetes resources, and keeps them converged.
@@ -30,6 +30,20 @@ enum Command {
     },
     /// Print the least-privilege ClusterRoles the controller needs.
     Rbac,
+    /// The whole platform on this machine: a local management control
+    /// plane, the controller, and local clusters.
+    #[command(subcommand)]
+    Dev(DevCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DevCommand {
+    /// Start the management control plane, install the CRDs, start the
+    /// controller, apply a platform directory and wait for its Clusters.
+    Up(dev::UpArgs),
+    /// Stop the controller and remove every local cluster and the
+    /// management control plane.
+    Down(dev::DownArgs),
 }
 
 #[tokio::main]
@@ -48,6 +62,8 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Rbac => print!("{}", rbac::render()?),
+        Command::Dev(DevCommand::Up(args)) => dev::up(args).await?,
+        Command::Dev(DevCommand::Down(args)) => dev::down(args).await?,
     }
     Ok(())
 }

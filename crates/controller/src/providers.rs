@@ -5,9 +5,15 @@ use std::sync::Arc;
 
 use fleetforge_api::{Cluster, ProviderKind};
 use fleetforge_core::Providers;
+use fleetforge_provider_local::{LocalFactory, LocalOptions};
 use fleetforge_provider_nop::NopFactory;
 
 /// Every provider this binary can manage Clusters with.
-pub fn clusters() -> Providers<Cluster> {
-    Providers::default().register(ProviderKind::Nop, NopFactory::new() as Arc<_>)
+pub fn clusters(local: &LocalOptions) -> Providers<Cluster> {
+    Providers::default()
+        .register(ProviderKind::Nop, NopFactory::new() as Arc<_>)
+        .register(
+            ProviderKind::Local,
+            LocalFactory::new(local.clone()) as Arc<_>,
+        )
 }

@@ -2,6 +2,7 @@
 //! kubeconfig (or the in-cluster service account) until SIGTERM.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use fleetforge_api::Cluster;
 use fleetforge_core::{Metrics, Options};
+use fleetforge_provider_local::LocalOptions;
 use kube::Client;
 use prometheus_client::registry::Registry;
 use tokio::sync::broadcast;
@@ -41,6 +43,35 @@ pub struct ControllerArgs {
     /// Reconciles running at once.
     #[arg(long, default_value_t = 32)]
     pub concurrency: u16,
+    /// Where the local provider finds kwokctl, kwok, etcd, kube-apiserver,
+    /// kube-controller-manager, kube-scheduler and kubectl (the directory
+    /// `scripts/install-tools` fills).
+    #[arg(long, env = "FLEETFORGE_TOOLS_BIN", default_value = ".tools/bin")]
+    pub tools_bin: PathBuf,
+    /// Where the local provider keeps its clusters (default:
+    /// `$FLEETFORGE_HOME/clusters`, `FLEETFORGE_HOME` defaulting to
+    /// `~/.fleetforge`).
+    #[arg(long, env = "FLEETFORGE_LOCAL_WORK_DIR")]
+    pub local_work_dir: Option<PathBuf>,
+}
+
+impl ControllerArgs {
+    /// The local provider's settings.
+    pub fn local(&self) -> LocalOptions {
+        LocalOptions {
+            tools_bin: absolute(&self.tools_bin),
+            work_dir: absolute(
+                &self
+                    .local_work_dir
+                    .clone()
+                    .unwrap_or_else(|| crate::home::dir().join("clusters")),
+            ),
+        }
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Runs until SIGTERM or SIGINT (returning Ok) or until leadership is lost
@@ -131,7 +162,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     });
     let clusters = fleetforge_core::run::<Cluster>(
         client,
-        crate::providers::clusters(),
+        crate::providers::clusters(&args.local()),
         metrics,
         options,
         shutdown,

@@ -987,15 +987,26 @@ impl<'a, K: Managed> Pass<'a, K> {
                 .await?;
                 return Ok(self.poll());
             }
-            ExternalState::Ready => {}
+            ExternalState::Ready | ExternalState::Degraded(_) => {}
         }
 
         let differences = self.obj.differences(&observation.resource);
-        let ready = Desired::yes(
-            condition::READY,
-            "Available",
-            format!("{external_name} is available"),
-        );
+        // A degraded resource exists but does not serve: it is converged like
+        // a ready one (its drift reported or corrected), but it is not Ready.
+        let (ready, settled) = match &observation.state {
+            ExternalState::Degraded(message) => (
+                Desired::no(condition::READY, "Degraded", message.clone()),
+                Phase::Failed,
+            ),
+            _ => (
+                Desired::yes(
+                    condition::READY,
+                    "Available",
+                    format!("{external_name} is available"),
+                ),
+                Phase::Ready,
+            ),
+        };
         if differences.is_empty() {
             if self
                 .obj
@@ -1022,7 +1033,7 @@ impl<'a, K: Managed> Pass<'a, K> {
                 ),
                 Desired::no(condition::DRIFTED, "NoDrift", "no drift"),
             ];
-            self.write_status(Phase::Ready, &conditions, observed, None, generation)
+            self.write_status(settled, &conditions, observed, None, generation)
                 .await?;
             return Ok(self.poll());
         }
@@ -1049,7 +1060,7 @@ impl<'a, K: Managed> Pass<'a, K> {
                 Desired::yes(condition::DRIFTED, "DriftDetected", summary),
             ];
             let drift = self.drift_status(&fields);
-            self.write_status(Phase::Ready, &conditions, observed, Some(drift), generation)
+            self.write_status(settled, &conditions, observed, Some(drift), generation)
                 .await?;
             return Ok(self.poll());
         }
@@ -1069,14 +1080,17 @@ impl<'a, K: Managed> Pass<'a, K> {
                 ),
                 Desired::yes(condition::DRIFTED, "DriftDetected", summary),
             ];
-            self.write_status(Phase::Ready, &conditions, observed, drift, generation)
+            self.write_status(settled, &conditions, observed, drift, generation)
                 .await?;
             return Ok(self.poll());
         }
 
+        if let Err(refusal) = provider.validate(self.obj) {
+            return self.refuse(&refusal, settled, observed).await;
+        }
         let changes = match self.obj.plan(&observation.resource) {
             Ok(changes) => changes,
-            Err(refusal) => return self.refuse(&refusal, Phase::Ready, observed).await,
+            Err(refusal) => return self.refuse(&refusal, settled, observed).await,
         };
         if changes.is_empty() {
             // Differences no change can remove (for example an unknown
@@ -1090,7 +1104,7 @@ impl<'a, K: Managed> Pass<'a, K> {
                 ),
                 Desired::no(condition::DRIFTED, "NoDrift", "no correctable drift"),
             ];
-            self.write_status(Phase::Ready, &conditions, observed, None, generation)
+            self.write_status(settled, &conditions, observed, None, generation)
                 .await?;
             return Ok(self.poll());
         }

@@ -110,6 +110,10 @@ pub enum ExternalState {
     Updating,
     /// Being deleted.
     Deleting,
+    /// It exists but does not serve (stopped, unreachable, unhealthy),
+    /// with why. Its spec is still converged, so a correction (restarting
+    /// it, for example) can be planned as drift.
+    Degraded(String),
     /// The provider reports it failed, with its message.
     Failed(String),
 }

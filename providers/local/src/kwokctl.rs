@@ -1,0 +1,370 @@
+//! Drives `kwokctl` with the binary runtime: every control-plane binary is
+//! given explicitly, because kwokctl downloads whatever it is not given and
+//! this must work on machines with no internet access.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+/// The binaries a local cluster is made of, all expected in one directory
+/// (the `.tools/bin` that `scripts/install-tools` fills).
+const REQUIRED: [&str; 7] = [
+    "kwokctl",
+    "kwok",
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubectl",
+];
+
+/// A kwokctl failure, with the end of its output.
+#[derive(Debug, thiserror::Error)]
+pub enum KwokctlError {
+    /// A binary is missing from the tools directory.
+    #[error(
+        "{path} is missing: run scripts/install-tools (or point --tools-bin at the directory it fills)"
+    )]
+    MissingTool {
+        /// The missing file.
+        path: PathBuf,
+    },
+    /// kwokctl could not be started.
+    #[error("running {what}: {source}")]
+    Spawn {
+        /// The command.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// kwokctl exited with an error.
+    #[error("{what} failed ({status}): {output}")]
+    Failed {
+        /// The command.
+        what: String,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// The last lines of its output.
+        output: String,
+    },
+    /// kwokctl did not finish in time.
+    #[error("{what} did not finish within {timeout:?}")]
+    Timeout {
+        /// The command.
+        what: String,
+        /// The limit.
+        timeout: Duration,
+    },
+}
+
+/// Whether a cluster's processes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Processes {
+    /// Every component kwokctl started is alive.
+    Running,
+    /// Some components are alive, some are not.
+    Partial,
+    /// None is alive.
+    Stopped,
+}
+
+/// kwokctl pointed at one tools directory and one work directory.
+#[derive(Debug, Clone)]
+pub struct Kwokctl {
+    bin: PathBuf,
+    work_dir: PathBuf,
+    kube_version: String,
+}
+
+impl Kwokctl {
+    /// kwokctl using the binaries in `bin`, keeping clusters under
+    /// `work_dir`. Fails when a binary is missing.
+    pub fn new(bin: &Path, work_dir: &Path) -> Result<Self, KwokctlError> {
+        for name in REQUIRED {
+            let path = bin.join(name);
+            if !path.is_file() {
+                return Err(KwokctlError::MissingTool { path });
+            }
+        }
+        let kube_version = kube_version(&bin.join("kube-apiserver"))?;
+        Ok(Self {
+            bin: bin.to_path_buf(),
+            work_dir: work_dir.to_path_buf(),
+            kube_version,
+        })
+    }
+
+    /// The Kubernetes version of the built binaries, such as `v1.36.3`.
+    pub fn kube_version(&self) -> &str {
+        &self.kube_version
+    }
+
+    /// The directory holding the binaries.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// The directory kwokctl keeps cluster `name` in.
+    pub fn cluster_dir(&self, name: &str) -> PathBuf {
+        self.work_dir.join("clusters").join(name)
+    }
+
+    /// Whether kwokctl knows cluster `name` (created, running or not).
+    pub fn exists(&self, name: &str) -> bool {
+        self.cluster_dir(name).join("kwok.yaml").is_file()
+    }
+
+    /// The clusters under the work directory.
+    pub fn clusters(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.work_dir.join("clusters")) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| self.exists(name))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Whether the processes of cluster `name` are alive, by the pid files
+    /// kwokctl keeps.
+    pub fn processes(&self, name: &str) -> Processes {
+        let pids = self.pids(name);
+        let alive = pids.iter().filter(|pid| process_alive(**pid)).count();
+        match alive {
+            0 => Processes::Stopped,
+            n if n == pids.len() => Processes::Running,
+            _ => Processes::Partial,
+        }
+    }
+
+    /// The process ids kwokctl recorded for cluster `name`.
+    pub fn pids(&self, name: &str) -> Vec<u32> {
+        let Ok(entries) = std::fs::read_dir(self.cluster_dir(name).join("pids")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter_map(|text| text.trim().parse().ok())
+            .collect()
+    }
+
+    /// The kubeconfig kwokctl wrote for cluster `name` (it refers to
+    /// certificate files by path).
+    pub fn kubeconfig_path(&self, name: &str) -> PathBuf {
+        self.cluster_dir(name).join("kubeconfig.yaml")
+    }
+
+    /// Creates and starts cluster `name` and waits until it serves.
+    /// `extra` are further `create cluster` flags.
+    ///
+    /// kwokctl picks each component's port by probing for one nobody
+    /// listens on, so two clusters starting at once (in this process or
+    /// another, in any work directory) can pick the same ports. Starts are
+    /// therefore taken one at a time on the whole host, under a file lock.
+    pub async fn create(&self, name: &str, extra: &[&str]) -> Result<(), KwokctlError> {
+        let mut args = vec!["create", "cluster", "--name", name, "--wait", "2m"];
+        args.extend_from_slice(extra);
+        let _lock = host_lock().await?;
+        self.run(&args, Duration::from_secs(180)).await
+    }
+
+    /// Starts the processes of a stopped cluster `name` (one start at a
+    /// time on the host, as for [`Kwokctl::create`]).
+    pub async fn start(&self, name: &str) -> Result<(), KwokctlError> {
+        let _lock = host_lock().await?;
+        self.run(
+            &["start", "cluster", "--name", name, "--wait", "2m"],
+            Duration::from_secs(180),
+        )
+        .await
+    }
+
+    /// Stops the processes of cluster `name`, keeping its data.
+    pub async fn stop(&self, name: &str) -> Result<(), KwokctlError> {
+        self.run(
+            &["stop", "cluster", "--name", name],
+            Duration::from_secs(60),
+        )
+        .await
+    }
+
+    /// Stops cluster `name` and removes its data. Deleting a cluster that
+    /// does not exist is not an error.
+    pub async fn delete(&self, name: &str) -> Result<(), KwokctlError> {
+        if !self.cluster_dir(name).exists() {
+            return Ok(());
+        }
+        self.run(
+            &["delete", "cluster", "--name", name],
+            Duration::from_secs(60),
+        )
+        .await?;
+        // A half-created cluster can leave a directory kwokctl does not
+        // recognise; it is ours, so remove it too.
+        match tokio::fs::remove_dir_all(self.cluster_dir(name)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(KwokctlError::Spawn {
+                what: format!("removing {}", self.cluster_dir(name).display()),
+                source,
+            }),
+        }
+    }
+
+    async fn run(&self, args: &[&str], timeout: Duration) -> Result<(), KwokctlError> {
+        let what = format!("kwokctl {}", args.join(" "));
+        let mut command = self.command();
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let child = command.spawn().map_err(|source| KwokctlError::Spawn {
+            what: what.clone(),
+            source,
+        })?;
+        let output = tokio::time::timeout(timeout, child.wait_with_output())
+            .await
+            .map_err(|_| KwokctlError::Timeout {
+                what: what.clone(),
+                timeout,
+            })?
+            .map_err(|source| KwokctlError::Spawn {
+                what: what.clone(),
+                source,
+            })?;
+        if output.status.success() {
+            tracing::debug!(command = %what, "kwokctl done");
+            return Ok(());
+        }
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        Err(KwokctlError::Failed {
+            what,
+            status: output.status,
+            output: last_lines(&text, 5),
+        })
+    }
+
+    /// kwokctl with its environment: every binary, the version they are,
+    /// the binary runtime, and the work directory.
+    fn command(&self) -> Command {
+        let mut command = Command::new(self.bin.join("kwokctl"));
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut paths = vec![self.bin.clone()];
+        paths.extend(std::env::split_paths(&path));
+        command
+            .env("KWOK_WORKDIR", &self.work_dir)
+            .env("KWOK_RUNTIME", "binary")
+            .env("KWOK_KUBE_VERSION", &self.kube_version)
+            .env(
+                "KWOK_KUBE_APISERVER_BINARY",
+                self.bin.join("kube-apiserver"),
+            )
+            .env(
+                "KWOK_KUBE_CONTROLLER_MANAGER_BINARY",
+                self.bin.join("kube-controller-manager"),
+            )
+            .env(
+                "KWOK_KUBE_SCHEDULER_BINARY",
+                self.bin.join("kube-scheduler"),
+            )
+            .env("KWOK_KUBECTL_BINARY", self.bin.join("kubectl"))
+            .env("KWOK_ETCD_BINARY", self.bin.join("etcd"))
+            .env("KWOK_CONTROLLER_BINARY", self.bin.join("kwok"))
+            .env(
+                "PATH",
+                std::env::join_paths(paths).unwrap_or_else(|_| path.clone()),
+            );
+        command
+    }
+}
+
+/// Takes the host-wide lock that serialises cluster starts; released when
+/// the returned file is dropped.
+async fn host_lock() -> Result<std::fs::File, KwokctlError> {
+    let path = std::env::temp_dir().join("fleetforge-kwokctl-start.lock");
+    let what = format!("locking {}", path.display());
+    let locked = tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.lock()?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await
+    .map_err(|e| KwokctlError::Spawn {
+        what: what.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    locked.map_err(|source| KwokctlError::Spawn { what, source })
+}
+
+/// `kube-apiserver --version` prints `Kubernetes v1.36.3`.
+fn kube_version(apiserver: &Path) -> Result<String, KwokctlError> {
+    let what = format!("{} --version", apiserver.display());
+    let output = std::process::Command::new(apiserver)
+        .arg("--version")
+        .output()
+        .map_err(|source| KwokctlError::Spawn {
+            what: what.clone(),
+            source,
+        })?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    match text.split_whitespace().nth(1) {
+        Some(version) if output.status.success() => Ok(version.to_string()),
+        _ => Err(KwokctlError::Failed {
+            what,
+            status: output.status,
+            output: last_lines(&text, 2),
+        }),
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    // A zombie (exited, not yet reaped) is not alive.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_last_lines() {
+        assert_eq!(last_lines("a\n\nb\nc\n", 2), "b\nc");
+        assert_eq!(last_lines("a", 5), "a");
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_free_pid_is_not() {
+        assert!(process_alive(std::process::id()));
+        assert!(!process_alive(u32::MAX - 1));
+    }
+
+    #[test]
+    fn missing_binaries_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = Kwokctl::new(dir.path(), dir.path()).unwrap_err();
+        assert!(error.to_string().contains("kwokctl is missing"), "{error}");
+    }
+}

@@ -1,0 +1,657 @@
+//! The `local` provider: each Cluster is a real Kubernetes control plane on
+//! the controller's host (etcd, kube-apiserver, kube-controller-manager and
+//! kube-scheduler from `scripts/install-tools`), run by `kwokctl` with its
+//! binary runtime, and each node-pool member is a Node simulated by the
+//! cluster's kwok, so workloads installed later really run.
+//!
+//! What the provider keeps about a cluster besides kwokctl's own directory
+//! (its owner and its pools' bounds) is a small JSON record next to it, the
+//! equivalent of a cloud's tags.
+
+pub mod kubeconfig;
+pub mod kwokctl;
+pub mod nodes;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fleetforge_api::{Cluster, NodePool, ProviderConfig};
+use fleetforge_core::cluster::{
+    ClusterChange, FieldDiff, MinorVersion, ObservedCluster, ObservedNodePool,
+};
+use fleetforge_core::{
+    ConnectionDetails, Credentials, ErrorKind, ExternalClient, ExternalState, Observation,
+    ProviderError, ProviderFactory, Refusal,
+};
+use k8s_openapi::api::core::v1::Node;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde::{Deserialize, Serialize};
+
+use crate::kubeconfig::Access;
+use crate::kwokctl::{Kwokctl, KwokctlError, Processes};
+
+/// The drift field that says whether the cluster's processes run.
+const STATE_FIELD: &str = "state";
+
+/// Where the local provider finds its binaries and keeps its clusters:
+/// properties of the controller's host, not of a ProviderConfig.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// The directory `scripts/install-tools` fills (`.tools/bin`).
+    pub tools_bin: PathBuf,
+    /// Where clusters live: kwokctl's work directory.
+    pub work_dir: PathBuf,
+}
+
+/// Builds the [`LocalCloud`] every local ProviderConfig shares: they all
+/// reach the same machine.
+#[derive(Debug)]
+pub struct LocalFactory {
+    options: LocalOptions,
+    cloud: Mutex<Option<Arc<LocalCloud>>>,
+}
+
+impl LocalFactory {
+    /// A factory for clusters under `options.work_dir`.
+    pub fn new(options: LocalOptions) -> Arc<Self> {
+        Arc::new(Self {
+            options,
+            cloud: Mutex::new(None),
+        })
+    }
+}
+
+#[async_trait]
+impl ProviderFactory<Cluster> for LocalFactory {
+    async fn connect(
+        &self,
+        _config: &ProviderConfig,
+        _credentials: Credentials,
+    ) -> Result<Arc<dyn ExternalClient<Cluster>>, ProviderError> {
+        let mut cloud = self.cloud.lock().expect("cloud");
+        if let Some(cloud) = cloud.as_ref() {
+            return Ok(cloud.clone());
+        }
+        let created = Arc::new(LocalCloud::new(&self.options)?);
+        *cloud = Some(created.clone());
+        Ok(created)
+    }
+}
+
+/// The clusters of one work directory.
+#[derive(Debug)]
+pub struct LocalCloud {
+    kwokctl: Kwokctl,
+    records: PathBuf,
+    version: MinorVersion,
+}
+
+impl LocalCloud {
+    /// The clusters under `options.work_dir`.
+    pub fn new(options: &LocalOptions) -> Result<Self, ProviderError> {
+        let kwokctl = Kwokctl::new(&options.tools_bin, &options.work_dir)
+            .map_err(|e| ProviderError::new(ErrorKind::Unavailable, e.to_string()))?;
+        let version = MinorVersion::parse(kwokctl.kube_version()).ok_or_else(|| {
+            ProviderError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "kube-apiserver reports version {:?}, not major.minor",
+                    kwokctl.kube_version()
+                ),
+            )
+        })?;
+        Ok(Self {
+            records: options.work_dir.join("fleetforge"),
+            kwokctl,
+            version,
+        })
+    }
+
+    /// The kwokctl driving this cloud.
+    pub fn kwokctl(&self) -> &Kwokctl {
+        &self.kwokctl
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.records.join(format!("{name}.json"))
+    }
+
+    fn read_record(&self, name: &str) -> Option<Record> {
+        let text = std::fs::read(self.record_path(name)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    fn write_record(&self, name: &str, record: &Record) -> Result<(), ProviderError> {
+        let path = self.record_path(name);
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&self.records)?;
+            let partial = path.with_extension("json.partial");
+            std::fs::write(&partial, serde_json::to_vec_pretty(record)?)?;
+            std::fs::rename(&partial, &path)
+        };
+        write().map_err(|e| failed(format!("writing {}: {e}", path.display())))
+    }
+
+    fn access(&self, name: &str) -> Result<Access, ProviderError> {
+        Access::read(&self.kwokctl.kubeconfig_path(name))
+            .map_err(|e| ProviderError::new(ErrorKind::Unavailable, e))
+    }
+
+    async fn client(&self, name: &str) -> Result<kube::Client, ProviderError> {
+        self.access(name)?
+            .client()
+            .await
+            .map_err(|e| ProviderError::new(ErrorKind::Unavailable, e))
+    }
+
+    /// Starts the processes of a cluster that is stopped or partly
+    /// stopped.
+    async fn restart(&self, name: &str) -> Result<(), ProviderError> {
+        if self.kwokctl.processes(name) == Processes::Partial {
+            self.kwokctl.stop(name).await.map_err(kwokctl_failed)?;
+        }
+        self.kwokctl.start(name).await.map_err(kwokctl_failed)
+    }
+
+    /// Gives `pool` `size` nodes and waits until they are Ready.
+    async fn resize(
+        &self,
+        client: &kube::Client,
+        pool: &RecordPool,
+        size: usize,
+    ) -> Result<(), ProviderError> {
+        let api: Api<Node> = Api::all(client.clone());
+        let selector = format!("{}={}", nodes::POOL_LABEL, pool.name);
+        let existing: Vec<String> = api
+            .list_metadata(&ListParams::default().labels(&selector))
+            .await
+            .map_err(kube_failed)?
+            .items
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect();
+        let (add, remove) = nodes::resize(&pool.name, &existing, size);
+        for index in add {
+            let node = nodes::node(&pool.name, &pool.machine_type, index);
+            match api.create(&PostParams::default(), &node).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(kube_failed(e)),
+            }
+        }
+        for name in remove {
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(kube_failed(e)),
+            }
+        }
+        self.await_nodes_ready(&api, &selector).await
+    }
+
+    async fn await_nodes_ready(
+        &self,
+        api: &Api<Node>,
+        selector: &str,
+    ) -> Result<(), ProviderError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let list = api
+                .list(&ListParams::default().labels(selector))
+                .await
+                .map_err(kube_failed)?;
+            if list.items.iter().all(nodes::is_ready) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(failed(format!(
+                    "nodes {selector} did not become Ready within 60s"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// What the cluster's API says about its version and pools.
+    async fn observe_api(
+        &self,
+        name: &str,
+        record: &Record,
+    ) -> Result<(String, Vec<ObservedNodePool>), ProviderError> {
+        let client = self.client(name).await?;
+        let version = client
+            .apiserver_version()
+            .await
+            .map_err(|e| ProviderError::new(ErrorKind::Unavailable, e.to_string()))?
+            .git_version;
+        let list = Api::<Node>::all(client)
+            .list(&ListParams::default().labels(nodes::POOL_LABEL))
+            .await
+            .map_err(kube_failed)?;
+        let mut counts: BTreeMap<String, (i32, i32, Option<String>)> = BTreeMap::new();
+        for node in &list.items {
+            let labels = node.labels();
+            let pool = labels[nodes::POOL_LABEL].clone();
+            let entry = counts.entry(pool).or_insert((0, 0, None));
+            entry.0 += 1;
+            entry.1 += i32::from(nodes::is_ready(node));
+            entry.2 = entry
+                .2
+                .take()
+                .or_else(|| labels.get(nodes::MACHINE_TYPE_LABEL).cloned());
+        }
+        let mut pools: Vec<ObservedNodePool> = record
+            .pools
+            .iter()
+            .map(|pool| {
+                let (count, ready, _) = counts.remove(&pool.name).unwrap_or_default();
+                observed_pool(pool, &version, count, ready)
+            })
+            .collect();
+        // Nodes of a pool the record does not know (added by hand) form a
+        // pool too, so they show up as drift.
+        for (pool, (count, ready, machine_type)) in counts {
+            let record = RecordPool {
+                name: pool,
+                machine_type: machine_type.unwrap_or_default(),
+                min: 0,
+                max: count,
+            };
+            pools.push(observed_pool(&record, &version, count, ready));
+        }
+        Ok((version, pools))
+    }
+}
+
+fn observed_pool(pool: &RecordPool, version: &str, count: i32, ready: i32) -> ObservedNodePool {
+    ObservedNodePool {
+        name: pool.name.clone(),
+        machine_type: pool.machine_type.clone(),
+        version: Some(version.to_string()),
+        min: pool.min,
+        max: pool.max,
+        desired: count,
+        ready: Some(ready),
+    }
+}
+
+/// What the provider keeps about a cluster: who owns it and the pools'
+/// settings (the nodes themselves are in the cluster).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Record {
+    owner: Option<String>,
+    pools: Vec<RecordPool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RecordPool {
+    name: String,
+    machine_type: String,
+    min: i32,
+    max: i32,
+}
+
+impl From<&NodePool> for RecordPool {
+    fn from(pool: &NodePool) -> Self {
+        Self {
+            name: pool.name.clone(),
+            machine_type: pool.machine_type.clone(),
+            min: pool.min,
+            max: pool.max,
+        }
+    }
+}
+
+/// The size a pool is given: the spec's `desired`, else its current size
+/// kept within `min..=max`.
+fn target_size(pool: &NodePool, current: usize) -> usize {
+    match pool.desired {
+        Some(desired) => desired.max(0) as usize,
+        None => current.clamp(pool.min.max(0) as usize, pool.max.max(0) as usize),
+    }
+}
+
+/// Pools whose node count left `min..=max` (only checked where the spec
+/// leaves `desired` out; with `desired` the engine compares it).
+fn bounds_drift(spec: &[NodePool], observed: &[ObservedNodePool]) -> Vec<FieldDiff> {
+    spec.iter()
+        .filter(|pool| pool.desired.is_none())
+        .filter_map(|pool| {
+            let actual = observed.iter().find(|p| p.name == pool.name)?;
+            (actual.desired < pool.min || actual.desired > pool.max).then(|| {
+                FieldDiff::new(
+                    format!("nodePools[{}].nodes", pool.name),
+                    format!("{}..{}", pool.min, pool.max),
+                    actual.desired,
+                )
+            })
+        })
+        .collect()
+}
+
+fn owner_of(obj: &Cluster) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+fn failed(message: impl Into<String>) -> ProviderError {
+    ProviderError::new(ErrorKind::OperationFailed, message)
+}
+
+fn kwokctl_failed(error: KwokctlError) -> ProviderError {
+    match error {
+        KwokctlError::MissingTool { .. } => {
+            ProviderError::new(ErrorKind::Unavailable, error.to_string())
+        }
+        _ => failed(error.to_string()),
+    }
+}
+
+fn kube_failed(error: kube::Error) -> ProviderError {
+    ProviderError::new(ErrorKind::Unavailable, format!("cluster API: {error}"))
+}
+
+#[async_trait]
+impl ExternalClient<Cluster> for LocalCloud {
+    async fn observe(
+        &self,
+        obj: &Cluster,
+        name: &str,
+    ) -> Result<Option<Observation<ObservedCluster>>, ProviderError> {
+        if !self.kwokctl.exists(name) {
+            return Ok(None);
+        }
+        let record = self.read_record(name).unwrap_or(Record {
+            owner: None,
+            pools: Vec::new(),
+        });
+        let access = self.access(name).ok();
+        let endpoint = access.as_ref().map(|a| a.server.clone());
+        let connection = access.as_ref().map(|a| ConnectionDetails {
+            kubeconfig: a.kubeconfig(name),
+        });
+        let stopped = |state: &str, message: String| Observation {
+            state: ExternalState::Degraded(message),
+            owner: record.owner.clone(),
+            connection: connection.clone(),
+            resource: ObservedCluster {
+                version: None,
+                endpoint: endpoint.clone(),
+                // The pools cannot be seen while the API is down: report
+                // them as last set, so the only difference is the state.
+                node_pools: record
+                    .pools
+                    .iter()
+                    .zip(&obj.spec.node_pools)
+                    .map(|(pool, spec)| {
+                        let size = spec.desired.unwrap_or(pool.min);
+                        observed_pool(pool, self.kwokctl.kube_version(), size, 0)
+                    })
+                    .collect(),
+                provider_drift: vec![FieldDiff::new(STATE_FIELD, "Running", state)],
+            },
+        };
+        match self.kwokctl.processes(name) {
+            Processes::Stopped => {
+                return Ok(Some(stopped(
+                    "Stopped",
+                    format!("{name} is stopped: none of its processes runs"),
+                )));
+            }
+            Processes::Partial => {
+                return Ok(Some(stopped(
+                    "PartlyStopped",
+                    format!("{name} is partly stopped: some of its processes exited"),
+                )));
+            }
+            Processes::Running => {}
+        }
+        let (state, version, node_pools) = match self.observe_api(name, &record).await {
+            Ok((version, pools)) => (ExternalState::Ready, Some(version), pools),
+            Err(error) => (
+                ExternalState::Degraded(format!(
+                    "{name} runs but its API does not answer: {}",
+                    error.message
+                )),
+                None,
+                Vec::new(),
+            ),
+        };
+        let provider_drift = if version.is_some() {
+            bounds_drift(&obj.spec.node_pools, &node_pools)
+        } else {
+            Vec::new()
+        };
+        Ok(Some(Observation {
+            state,
+            owner: record.owner.clone(),
+            connection,
+            resource: ObservedCluster {
+                version,
+                endpoint,
+                node_pools,
+                provider_drift,
+            },
+        }))
+    }
+
+    async fn create(&self, obj: &Cluster, name: &str) -> Result<(), ProviderError> {
+        if self.kwokctl.exists(name) {
+            return Err(ProviderError::new(
+                ErrorKind::AlreadyExists,
+                format!("a local cluster named {name} exists"),
+            ));
+        }
+        let record = Record {
+            owner: Some(owner_of(obj)),
+            pools: obj.spec.node_pools.iter().map(RecordPool::from).collect(),
+        };
+        // The record goes first: a create interrupted half-way leaves a
+        // cluster that is still known to be ours.
+        self.write_record(name, &record)?;
+        if let Err(error) = self.kwokctl.create(name, &[]).await {
+            // Leave nothing half-made; the engine retries with backoff.
+            if let Err(cleanup) = self.kwokctl.delete(name).await {
+                tracing::warn!(cluster = name, error = %cleanup, "removing a failed create");
+            }
+            return Err(kwokctl_failed(error));
+        }
+        let access = self.access(name)?;
+        access.forget_kubectl_cache();
+        let client = access
+            .client()
+            .await
+            .map_err(|e| ProviderError::new(ErrorKind::Unavailable, e))?;
+        for (pool, spec) in record.pools.iter().zip(&obj.spec.node_pools) {
+            self.resize(&client, pool, target_size(spec, 0)).await?;
+        }
+        Ok(())
+    }
+
+    async fn update(
+        &self,
+        obj: &Cluster,
+        name: &str,
+        changes: &[ClusterChange],
+    ) -> Result<(), ProviderError> {
+        let wants_restart = changes.iter().any(|change| {
+            matches!(change, ClusterChange::ProviderSettings { fields }
+                if fields.iter().any(|f| f.field == STATE_FIELD))
+        });
+        if wants_restart {
+            self.restart(name).await?;
+        }
+        let mut record = self.read_record(name).unwrap_or(Record {
+            owner: Some(owner_of(obj)),
+            pools: Vec::new(),
+        });
+        let client = self.client(name).await?;
+        let nodes: Api<Node> = Api::all(client.clone());
+        let size_of = |pool: &str| {
+            let nodes = nodes.clone();
+            let selector = format!("{}={pool}", nodes::POOL_LABEL);
+            async move {
+                nodes
+                    .list_metadata(&ListParams::default().labels(&selector))
+                    .await
+                    .map(|l| l.items.len())
+                    .map_err(kube_failed)
+            }
+        };
+        for change in changes {
+            match change {
+                ClusterChange::UpgradeControlPlane { to }
+                | ClusterChange::UpgradeNodePool { to, .. } => {
+                    return Err(ProviderError::new(
+                        ErrorKind::InvalidSpec,
+                        format!(
+                            "local clusters run {} only; they cannot be upgraded to {to}",
+                            self.kwokctl.kube_version()
+                        ),
+                    ));
+                }
+                ClusterChange::AddNodePool(pool) => {
+                    let entry = RecordPool::from(pool);
+                    record.pools.retain(|p| p.name != pool.name);
+                    record.pools.push(entry.clone());
+                    self.write_record(name, &record)?;
+                    let size = target_size(pool, size_of(&pool.name).await?);
+                    self.resize(&client, &entry, size).await?;
+                }
+                ClusterChange::ScaleNodePool { pool, .. } => {
+                    let Some(spec) = obj.spec.node_pools.iter().find(|p| &p.name == pool) else {
+                        continue;
+                    };
+                    let entry = RecordPool::from(spec);
+                    record.pools.retain(|p| &p.name != pool);
+                    record.pools.push(entry.clone());
+                    self.write_record(name, &record)?;
+                    let size = target_size(spec, size_of(pool).await?);
+                    self.resize(&client, &entry, size).await?;
+                }
+                ClusterChange::RemoveNodePool { pool } => {
+                    let entry = RecordPool {
+                        name: pool.clone(),
+                        machine_type: String::new(),
+                        min: 0,
+                        max: 0,
+                    };
+                    self.resize(&client, &entry, 0).await?;
+                    record.pools.retain(|p| &p.name != pool);
+                    self.write_record(name, &record)?;
+                }
+                ClusterChange::ProviderSettings { fields } => {
+                    // `state` was handled first; `nodePools[x].nodes` means a
+                    // pool left its bounds: bring it back into them.
+                    for field in fields {
+                        let Some(pool) = field
+                            .field
+                            .strip_prefix("nodePools[")
+                            .and_then(|r| r.strip_suffix("].nodes"))
+                        else {
+                            continue;
+                        };
+                        let Some(spec) = obj.spec.node_pools.iter().find(|p| p.name == pool) else {
+                            continue;
+                        };
+                        let size = target_size(spec, size_of(pool).await?);
+                        self.resize(&client, &RecordPool::from(spec), size).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, _obj: &Cluster, name: &str) -> Result<(), ProviderError> {
+        self.kwokctl.delete(name).await.map_err(kwokctl_failed)?;
+        match std::fs::remove_file(self.record_path(name)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(failed(format!("removing the record of {name}: {e}"))),
+        }
+    }
+
+    fn validate(&self, obj: &Cluster) -> Result<(), Refusal> {
+        if let Some(text) = obj.spec.version.as_deref()
+            && MinorVersion::parse(text) != Some(self.version)
+        {
+            return Err(Refusal {
+                reason: "UnsupportedVersion",
+                field: "spec.version".into(),
+                message: format!(
+                    "the local provider runs the Kubernetes that scripts/install-tools built, {} ({}); set spec.version to {} or leave it out",
+                    self.version,
+                    self.kwokctl.kube_version(),
+                    self.version
+                ),
+            });
+        }
+        if let Some(block) = &obj.spec.provider {
+            let named = [
+                ("aws", block.aws.is_some()),
+                ("gcp", block.gcp.is_some()),
+                ("azure", block.azure.is_some()),
+            ];
+            if let Some((cloud, _)) = named.iter().find(|(_, set)| *set) {
+                return Err(Refusal {
+                    reason: "InvalidSpec",
+                    field: format!("spec.provider.{cloud}"),
+                    message: format!(
+                        "a Cluster on the local provider takes no {cloud} settings; remove spec.provider.{cloud} or use a ProviderConfig for {cloud}"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(name: &str, min: i32, max: i32, desired: Option<i32>) -> NodePool {
+        NodePool {
+            name: name.into(),
+            machine_type: "standard".into(),
+            min,
+            max,
+            desired,
+        }
+    }
+
+    fn observed(name: &str, count: i32) -> ObservedNodePool {
+        ObservedNodePool {
+            name: name.into(),
+            desired: count,
+            ..ObservedNodePool::default()
+        }
+    }
+
+    #[test]
+    fn the_spec_size_wins_else_the_current_size_within_bounds() {
+        assert_eq!(target_size(&pool("a", 1, 5, Some(3)), 0), 3);
+        assert_eq!(target_size(&pool("a", 1, 5, None), 0), 1);
+        assert_eq!(target_size(&pool("a", 1, 5, None), 4), 4);
+        assert_eq!(target_size(&pool("a", 1, 5, None), 9), 5);
+    }
+
+    #[test]
+    fn a_pool_without_desired_drifts_only_outside_its_bounds() {
+        let spec = [pool("a", 2, 4, None), pool("b", 1, 3, Some(2))];
+        assert!(bounds_drift(&spec, &[observed("a", 3), observed("b", 0)]).is_empty());
+        let drift = bounds_drift(&spec, &[observed("a", 1)]);
+        assert_eq!(drift.len(), 1);
+        assert_eq!(drift[0].field, "nodePools[a].nodes");
+        assert_eq!(
+            drift[0].to_string(),
+            "nodePools[a].nodes: spec 2..4, actual 1"
+        );
+    }
+}
