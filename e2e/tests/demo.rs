@@ -1,93 +1,421 @@
-//! `scripts/demo` as a user runs it: it leaves a working management control
-//! plane with the CRDs and a running controller, reachable through the
-//! printed KUBECONFIG; a second run is idempotent; `scripts/demo down` stops
-//! every process.
+//! `scripts/demo` as a user runs it, on a clean state: the management
+//! control plane, the controller and examples/platform come up, and both
+//! local clusters become Ready; their kubeconfig Secrets reach them; a node
+//! deleted out of band is reported as drift and restored (or only reported
+//! under `driftPolicy: Report`); a pool scales; a cluster stopped or deleted
+//! out of band is restarted or recreated; deleting a Cluster removes
+//! its kwokctl cluster and processes; a second run is idempotent; and
+//! `scripts/demo down` leaves no process behind.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fleetforge_e2e::{fleetforge_bin, run_ok, workspace_root};
+use fleetforge_e2e::{fleetforge_bin, kubectl, run_ok, workspace_root};
 use fleetforge_testenv::{free_port, pids_mentioning, tools};
 
-fn demo(home: &std::path::Path, port: u16, args: &[&str]) -> String {
+fn demo(home: &Path, port: u16, args: &[&str]) -> String {
     let output = run_ok(
         Command::new(workspace_root().join("scripts/demo"))
             .args(args)
             .env("FLEETFORGE_HOME", home)
             .env("FLEETFORGE_BIN", fleetforge_bin())
-            .env("FLEETFORGE_METRICS_ADDR", format!("127.0.0.1:{port}")),
+            .env("FLEETFORGE_METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .env("CI", "true"),
     );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("{stderr}");
     String::from_utf8(output.stdout).unwrap()
 }
 
-fn kubeconfig_from(stdout: &str) -> String {
+fn kubeconfig_from(stdout: &str) -> PathBuf {
     stdout
         .lines()
         .find_map(|line| line.strip_prefix("export KUBECONFIG="))
         .unwrap_or_else(|| panic!("no `export KUBECONFIG=` line in:\n{stdout}"))
-        .to_string()
+        .into()
+}
+
+/// Polls `check` every 500 ms until it returns Some, or panics after
+/// `limit` saying what it waited for and what it saw last.
+fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(seen) if Instant::now() > deadline => {
+                panic!("waited {limit:?} for {what}; last saw: {seen}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
+/// Stops everything the demo started, even when the test fails half-way
+/// (the demo's processes are detached and would outlive the test).
+struct DemoDown {
+    home: PathBuf,
+    port: u16,
+}
+
+impl Drop for DemoDown {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.home.join("controller.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "the end of controller.log:\n{}",
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
+        let _ = Command::new(workspace_root().join("scripts/demo"))
+            .arg("down")
+            .env("FLEETFORGE_HOME", &self.home)
+            .env("FLEETFORGE_BIN", fleetforge_bin())
+            .env(
+                "FLEETFORGE_METRICS_ADDR",
+                format!("127.0.0.1:{}", self.port),
+            )
+            .output();
+        for pid in pids_mentioning(&self.home.display().to_string()) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// The kubeconfig in a Cluster's connection Secret.
+fn secret_kubeconfig(management: &Path, cluster: &str) -> String {
+    kubectl(
+        management,
+        &[
+            "get",
+            "secret",
+            "-n",
+            "platform",
+            &format!("{cluster}-kubeconfig"),
+            "-o",
+            "go-template={{.data.value | base64decode}}",
+        ],
+    )
+}
+
+/// The nodes of `pool`, or None while the cluster does not answer.
+fn try_nodes(kubeconfig: &Path, pool: &str) -> Option<Vec<String>> {
+    let output = Command::new(tools::binary("kubectl").unwrap())
+        .args([
+            "get",
+            "nodes",
+            "-l",
+            &format!("fleetforge.dev/node-pool={pool}"),
+            "-o",
+            "name",
+            "--request-timeout=5s",
+        ])
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .ok()?;
+    output.status.success().then(|| {
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(String::from)
+            .collect()
+    })
+}
+
+fn nodes(kubeconfig: &Path, pool: &str) -> Vec<String> {
+    let mut names: Vec<String> = kubectl(
+        kubeconfig,
+        &[
+            "get",
+            "nodes",
+            "-l",
+            &format!("fleetforge.dev/node-pool={pool}"),
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ],
+    )
+    .split_whitespace()
+    .map(String::from)
+    .collect();
+    names.sort();
+    names
+}
+
+fn events(kubeconfig: &Path, cluster: &str, reason: &str) -> String {
+    kubectl(
+        kubeconfig,
+        &[
+            "get",
+            "events",
+            "-n",
+            "platform",
+            "--field-selector",
+            &format!("involvedObject.name={cluster},reason={reason}"),
+            "-o",
+            "jsonpath={.items[*].message}",
+        ],
+    )
+}
+
+fn condition(kubeconfig: &Path, cluster: &str, kind: &str) -> String {
+    kubectl(
+        kubeconfig,
+        &[
+            "get",
+            "cluster",
+            "-n",
+            "platform",
+            cluster,
+            "-o",
+            &format!("jsonpath={{.status.conditions[?(@.type==\"{kind}\")].status}}"),
+        ],
+    )
 }
 
 #[test]
-fn demo_starts_a_reachable_control_plane_and_down_stops_it() {
+fn the_demo_runs_the_platform_on_local_clusters() {
     let home = tempfile::tempdir().unwrap();
     let home_text = home.path().to_string_lossy().to_string();
     let port = free_port().unwrap();
+    let _down = DemoDown {
+        home: home.path().to_path_buf(),
+        port,
+    };
 
-    let kubeconfig = kubeconfig_from(&demo(home.path(), port, &[]));
-    assert!(kubeconfig.starts_with(&home_text), "{kubeconfig}");
-    let kubectl = tools::binary("kubectl").unwrap();
-    let version = run_ok(
-        Command::new(&kubectl)
-            .args(["version", "-o", "json"])
-            .env("KUBECONFIG", &kubeconfig),
+    let started = Instant::now();
+    let management = kubeconfig_from(&demo(home.path(), port, &[]));
+    eprintln!("demo up took {:?}", started.elapsed());
+    assert!(
+        management.starts_with(&home_text),
+        "{}",
+        management.display()
     );
-    let version: serde_json::Value = serde_json::from_slice(&version.stdout).unwrap();
-    assert_eq!(version["serverVersion"]["gitVersion"], "v1.36.3");
-    assert!(!pids_mentioning(&home_text).is_empty());
-    // The CRDs are installed and the controller runs.
-    let explained = run_ok(
-        Command::new(&kubectl)
-            .args(["explain", "cluster.spec.nodePools"])
-            .env("KUBECONFIG", &kubeconfig),
-    );
-    assert!(String::from_utf8_lossy(&explained.stdout).contains("machineType"));
-    let pid: u32 = std::fs::read_to_string(home.path().join("controller.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
 
-    // Running it again keeps the same control plane and controller.
-    assert_eq!(kubeconfig_from(&demo(home.path(), port, &[])), kubeconfig);
-    run_ok(
-        Command::new(&kubectl)
-            .args(["get", "--raw", "/readyz"])
-            .env("KUBECONFIG", &kubeconfig),
+    // Both example clusters are Ready, with real values in every column.
+    kubectl(
+        &management,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "clusters",
+            "--all",
+            "-n",
+            "platform",
+            "--timeout=120s",
+        ],
     );
-    let again: u32 = std::fs::read_to_string(home.path().join("controller.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert_eq!(again, pid);
+    let table = kubectl(&management, &["get", "clusters", "-n", "platform"]);
+    for name in ["dev-1", "staging"] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{table}"));
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            &columns[1..7],
+            ["local", "local", "v1.36.3", "Ready", "True", "False"],
+            "{table}"
+        );
+    }
+
+    // The connection Secret reaches the workload cluster.
+    let staging = home.path().join("staging.kubeconfig");
+    std::fs::write(&staging, secret_kubeconfig(&management, "staging")).unwrap();
+    assert_eq!(nodes(&staging, "apps"), ["apps-0", "apps-1", "apps-2"]);
+    assert_eq!(nodes(&staging, "system"), ["system-0"]);
+    let dev1 = home.path().join("kubeconfigs/platform.dev-1.yaml");
+    assert_eq!(nodes(&dev1, "workers"), ["workers-0"], "min 1, no desired");
+
+    // Poll every 2 s so drift shows up quickly.
+    kubectl(
+        &management,
+        &[
+            "patch",
+            "providerconfig",
+            "local",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"pollInterval":"2s"}}"#,
+        ],
+    );
+
+    // Out-of-band damage: a node deleted is drift, reported and restored.
+    kubectl(&staging, &["delete", "node", "apps-1"]);
+    wait_for(
+        "the deleted node to be restored",
+        Duration::from_secs(60),
+        || {
+            let apps = nodes(&staging, "apps");
+            (apps == ["apps-0", "apps-1", "apps-2"])
+                .then_some(())
+                .ok_or(format!("{apps:?}"))
+        },
+    );
+    let detected = events(&management, "staging", "DriftDetected");
+    assert!(
+        detected.contains("nodePools[apps].desired: spec 3, actual 2"),
+        "{detected}"
+    );
+    wait_for("DriftCorrected", Duration::from_secs(30), || {
+        let corrected = events(&management, "staging", "DriftCorrected");
+        (!corrected.is_empty()).then_some(()).ok_or(corrected)
+    });
+
+    // driftPolicy Report only reports.
+    kubectl(
+        &management,
+        &[
+            "patch",
+            "cluster",
+            "-n",
+            "platform",
+            "dev-1",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"driftPolicy":"Report"}}"#,
+        ],
+    );
+    kubectl(
+        &management,
+        &[
+            "wait",
+            "--for=jsonpath={.status.observedGeneration}=2",
+            "cluster",
+            "-n",
+            "platform",
+            "dev-1",
+            "--timeout=30s",
+        ],
+    );
+    kubectl(&dev1, &["delete", "node", "workers-0"]);
+    wait_for("dev-1 Drifted=True", Duration::from_secs(30), || {
+        let drifted = condition(&management, "dev-1", "Drifted");
+        (drifted == "True").then_some(()).ok_or(drifted)
+    });
+    let reported = events(&management, "dev-1", "DriftDetected");
+    assert!(reported.contains("reported only"), "{reported}");
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        nodes(&dev1, "workers").is_empty(),
+        "Report must not correct"
+    );
+
+    // Scaling a pool adds nodes.
+    kubectl(
+        &management,
+        &[
+            "patch",
+            "cluster",
+            "-n",
+            "platform",
+            "staging",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/nodePools/1/desired","value":5}]"#,
+        ],
+    );
+    wait_for("apps scaled to 5", Duration::from_secs(60), || {
+        let apps = nodes(&staging, "apps");
+        (apps.len() == 5).then_some(()).ok_or(format!("{apps:?}"))
+    });
+
+    // The scale is applied: from now on a difference is drift.
+    kubectl(
+        &management,
+        &[
+            "wait",
+            "--for=jsonpath={.status.observedGeneration}=2",
+            "cluster",
+            "-n",
+            "platform",
+            "staging",
+            "--timeout=60s",
+        ],
+    );
+
+    // Stopped out of band: Degraded (Ready=False) and restarted.
+    let kwokctl = |args: &[&str]| {
+        run_ok(
+            Command::new(tools::binary("kwokctl").unwrap())
+                .args(args)
+                .env("KWOK_WORKDIR", home.path().join("clusters"))
+                .env("PATH", tools::bin_dir()),
+        )
+    };
+    kwokctl(&["stop", "cluster", "--name", "staging"]);
+    wait_for("staging restarted", Duration::from_secs(90), || {
+        let correcting = events(&management, "staging", "CorrectingDrift");
+        let restarted = correcting.contains("update provider settings state");
+        let apps = if restarted {
+            try_nodes(&staging, "apps")
+        } else {
+            None
+        };
+        (apps.as_ref().map(Vec::len) == Some(5))
+            .then_some(())
+            .ok_or(format!("CorrectingDrift: {correcting}; apps: {apps:?}"))
+    });
+    let detected = events(&management, "staging", "DriftDetected");
+    assert!(
+        detected.contains("state: spec Running, actual"),
+        "{detected}"
+    );
+
+    // Deleted out of band: recreated, with its pools (and a new address,
+    // published in the same Secret).
+    let unused = home.path().join("kubeconfig.unused");
+    kwokctl(&[
+        "delete",
+        "cluster",
+        "--name",
+        "staging",
+        &format!("--kubeconfig={}", unused.display()),
+    ]);
+    wait_for("staging recreated", Duration::from_secs(90), || {
+        let missing = events(&management, "staging", "ExternalResourceMissing");
+        let apps = if missing.is_empty() {
+            None
+        } else {
+            std::fs::write(&staging, secret_kubeconfig(&management, "staging")).unwrap();
+            try_nodes(&staging, "apps")
+        };
+        (apps.as_ref().map(Vec::len) == Some(5))
+            .then_some(())
+            .ok_or(format!(
+                "ExternalResourceMissing: {missing}; apps: {apps:?}"
+            ))
+    });
+
+    // A second run keeps the same control plane and controller.
+    let pid = std::fs::read_to_string(home.path().join("controller.pid")).unwrap();
+    assert_eq!(kubeconfig_from(&demo(home.path(), port, &[])), management);
+    assert_eq!(
+        std::fs::read_to_string(home.path().join("controller.pid")).unwrap(),
+        pid
+    );
+
+    // Deleting a Cluster removes its kwokctl cluster and its processes.
+    let dev1_dir = home.path().join("clusters/clusters/dev-1");
+    assert!(!pids_mentioning(&dev1_dir.display().to_string()).is_empty());
+    kubectl(
+        &management,
+        &[
+            "delete",
+            "cluster",
+            "-n",
+            "platform",
+            "dev-1",
+            "--timeout=60s",
+        ],
+    );
+    assert!(!dev1_dir.exists(), "{} remains", dev1_dir.display());
+    assert!(pids_mentioning(&dev1_dir.display().to_string()).is_empty());
 
     demo(home.path(), port, &["down"]);
-    assert!(
-        !std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
-            || std::fs::read(format!("/proc/{pid}/cmdline"))
-                .unwrap()
-                .is_empty(),
-        "the controller outlived `scripts/demo down`"
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !pids_mentioning(&home_text).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "processes left after `scripts/demo down`: {:?}",
-            pids_mentioning(&home_text)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for("no process left", Duration::from_secs(20), || {
+        let left = pids_mentioning(&home_text);
+        left.is_empty().then_some(()).ok_or(format!("{left:?}"))
+    });
 }

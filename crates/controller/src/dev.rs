@@ -166,6 +166,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 
     say("installing the fleetforge CRDs");
     fleetforge_core::crds::install(&client).await?;
+    // Whatever kubectl cached about this address (an earlier control plane
+    // on the same port, or this one before its CRDs) is stale now.
+    access.forget_kubectl_cache();
     start_controller(&home, &args)?;
 
     let mut clusters = Vec::new();
@@ -255,7 +258,7 @@ fn start_controller(home: &Home, args: &UpArgs) -> anyhow::Result<()> {
         .append(true)
         .open(home.log_file())?;
     let exe = std::env::current_exe().context("finding the fleetforge binary")?;
-    let child = Command::new(exe)
+    let mut child = Command::new(exe)
         .arg("controller")
         .arg("--metrics-addr")
         .arg(args.metrics_addr.to_string())
@@ -283,8 +286,11 @@ fn start_controller(home: &Home, args: &UpArgs) -> anyhow::Result<()> {
         if http_ok(args.metrics_addr, "/readyz") {
             return Ok(());
         }
-        if home.controller_pid().is_none() {
-            bail!("the controller exited; see {}", home.log_file().display());
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the controller exited ({status}); see {}",
+                home.log_file().display()
+            );
         }
         if Instant::now() > deadline {
             bail!(

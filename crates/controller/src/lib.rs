@@ -11,3 +11,4 @@ pub mod rbac;
 pub mod run;
 pub mod server;
 pub mod telemetry;
+pub mod validate;

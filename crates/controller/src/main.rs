@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use fleetforge_controller::telemetry::{self, LogFormat};
-use fleetforge_controller::{crdgen, dev, rbac, run};
+use fleetforge_controller::{crdgen, dev, rbac, run, validate};
 
 /// Provisions managed clusters, virtual clusters, tools and dev environments
 /// declared as Kubernetes resources, and keeps them converged.
@@ -34,6 +34,13 @@ enum Command {
     /// plane, the controller, and local clusters.
     #[command(subcommand)]
     Dev(DevCommand),
+    /// Check the YAML under a path before it is applied, with no cluster.
+    ///
+    /// fleetforge objects are checked against their schemas and validation
+    /// rules, other documents for apiVersion, kind and metadata.name;
+    /// --server adds a server-side dry run. Prints one line per problem
+    /// (`file: Kind/name: field: message`) and exits 1 if there is any.
+    Validate(validate::ValidateArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,6 +71,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Rbac => print!("{}", rbac::render()?),
         Command::Dev(DevCommand::Up(args)) => dev::up(args).await?,
         Command::Dev(DevCommand::Down(args)) => dev::down(args).await?,
+        Command::Validate(args) => {
+            if !validate::run(args).await? {
+                std::process::exit(1);
+            }
+        }
     }
     Ok(())
 }

@@ -22,5 +22,32 @@ pub async fn install(client: &Client) -> Result<(), kube::Error> {
         // A CRD that never establishes is reported by the first request using it.
         let _ = tokio::time::timeout(Duration::from_secs(30), established).await;
     }
-    Ok(())
+    // Established is not yet discoverable: the API server publishes new
+    // resources in its discovery documents a moment later, and a client
+    // (kubectl) that reads discovery in between caches a list without them.
+    let wanted = fleetforge_api::crds().len();
+    let version = format!("{}/{}", fleetforge_api::GROUP, fleetforge_api::VERSION);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let served = client
+            .list_api_group_resources(&version)
+            .await
+            .map(|list| {
+                list.resources
+                    .iter()
+                    .filter(|r| !r.name.contains('/'))
+                    .count()
+            })
+            .unwrap_or(0);
+        let grouped = client.list_api_groups().await.is_ok_and(|groups| {
+            groups
+                .groups
+                .iter()
+                .any(|g| g.name == fleetforge_api::GROUP)
+        });
+        if (served >= wanted && grouped) || tokio::time::Instant::now() > deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

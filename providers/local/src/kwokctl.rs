@@ -154,6 +154,53 @@ impl Kwokctl {
             .collect()
     }
 
+    /// Processes still running from cluster `name`'s directory, pid file
+    /// or not: `kwokctl stop` removes the pid files and signals the
+    /// processes, but does not wait for them to exit.
+    pub fn lingering(&self, name: &str) -> Vec<u32> {
+        let dir = format!("{}/", self.cluster_dir(name).display());
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| *pid != std::process::id() && process_alive(*pid))
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                    let cmdline = String::from_utf8_lossy(&cmdline);
+                    // kwokctl itself names the work directory, not the
+                    // cluster's; only the cluster's own processes match.
+                    cmdline.contains(&dir) && !cmdline.contains("kwokctl")
+                })
+            })
+            .collect()
+    }
+
+    /// Waits up to 15 s for what is left of a stopped cluster to exit,
+    /// then kills it: a process still holding its ports or its etcd data
+    /// would keep the cluster from starting again.
+    async fn await_exit(&self, name: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = self.lingering(name);
+            if left.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!(cluster = name, pids = ?left, "killing processes that outlived a stop");
+                for pid in left {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status()
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The kubeconfig kwokctl wrote for cluster `name` (it refers to
     /// certificate files by path).
     pub fn kubeconfig_path(&self, name: &str) -> PathBuf {
@@ -168,7 +215,17 @@ impl Kwokctl {
     /// another, in any work directory) can pick the same ports. Starts are
     /// therefore taken one at a time on the whole host, under a file lock.
     pub async fn create(&self, name: &str, extra: &[&str]) -> Result<(), KwokctlError> {
-        let mut args = vec!["create", "cluster", "--name", name, "--wait", "2m"];
+        // `--kubeconfig=` keeps kwokctl from adding the cluster to (and
+        // switching the current context of) $KUBECONFIG or ~/.kube/config.
+        let mut args = vec![
+            "create",
+            "cluster",
+            "--name",
+            name,
+            "--wait",
+            "2m",
+            "--kubeconfig=",
+        ];
         args.extend_from_slice(extra);
         let _lock = host_lock().await?;
         self.run(&args, Duration::from_secs(180)).await
@@ -177,6 +234,7 @@ impl Kwokctl {
     /// Starts the processes of a stopped cluster `name` (one start at a
     /// time on the host, as for [`Kwokctl::create`]).
     pub async fn start(&self, name: &str) -> Result<(), KwokctlError> {
+        self.await_exit(name).await;
         let _lock = host_lock().await?;
         self.run(
             &["start", "cluster", "--name", name, "--wait", "2m"],
@@ -200,8 +258,13 @@ impl Kwokctl {
         if !self.cluster_dir(name).exists() {
             return Ok(());
         }
+        // kwokctl removes the cluster from the kubeconfig it is given
+        // (default ~/.kube/config) and refuses an empty path: give it one
+        // of its own, which create never wrote to.
+        let unused = self.work_dir.join("kubeconfig.unused");
+        let unused = format!("--kubeconfig={}", unused.display());
         self.run(
-            &["delete", "cluster", "--name", name],
+            &["delete", "cluster", "--name", name, &unused],
             Duration::from_secs(60),
         )
         .await?;

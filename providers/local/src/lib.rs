@@ -375,67 +375,64 @@ impl ExternalClient<Cluster> for LocalCloud {
         let connection = access.as_ref().map(|a| ConnectionDetails {
             kubeconfig: a.kubeconfig(name),
         });
-        let stopped = |state: &str, message: String| Observation {
+        // While the API is down the pools cannot be seen: they are reported
+        // as last set, so the only difference is the state (when given).
+        let last_known = |state: Option<&str>, message: String| Observation {
             state: ExternalState::Degraded(message),
             owner: record.owner.clone(),
             connection: connection.clone(),
             resource: ObservedCluster {
-                version: None,
+                // What it ran when it was started: the built version.
+                version: Some(self.kwokctl.kube_version().to_string()),
                 endpoint: endpoint.clone(),
-                // The pools cannot be seen while the API is down: report
-                // them as last set, so the only difference is the state.
                 node_pools: record
                     .pools
                     .iter()
-                    .zip(&obj.spec.node_pools)
-                    .map(|(pool, spec)| {
-                        let size = spec.desired.unwrap_or(pool.min);
+                    .map(|pool| {
+                        let spec = obj.spec.node_pools.iter().find(|p| p.name == pool.name);
+                        let size = spec.and_then(|p| p.desired).unwrap_or(pool.min);
                         observed_pool(pool, self.kwokctl.kube_version(), size, 0)
                     })
                     .collect(),
-                provider_drift: vec![FieldDiff::new(STATE_FIELD, "Running", state)],
+                provider_drift: state
+                    .map(|state| FieldDiff::new(STATE_FIELD, "Running", state))
+                    .into_iter()
+                    .collect(),
             },
         };
         match self.kwokctl.processes(name) {
             Processes::Stopped => {
-                return Ok(Some(stopped(
-                    "Stopped",
+                return Ok(Some(last_known(
+                    Some("Stopped"),
                     format!("{name} is stopped: none of its processes runs"),
                 )));
             }
             Processes::Partial => {
-                return Ok(Some(stopped(
-                    "PartlyStopped",
+                return Ok(Some(last_known(
+                    Some("PartlyStopped"),
                     format!("{name} is partly stopped: some of its processes exited"),
                 )));
             }
             Processes::Running => {}
         }
-        let (state, version, node_pools) = match self.observe_api(name, &record).await {
-            Ok((version, pools)) => (ExternalState::Ready, Some(version), pools),
-            Err(error) => (
-                ExternalState::Degraded(format!(
-                    "{name} runs but its API does not answer: {}",
-                    error.message
-                )),
-                None,
-                Vec::new(),
-            ),
-        };
-        let provider_drift = if version.is_some() {
-            bounds_drift(&obj.spec.node_pools, &node_pools)
-        } else {
-            Vec::new()
+        let (version, node_pools) = match self.observe_api(name, &record).await {
+            Ok(seen) => seen,
+            Err(error) => {
+                return Ok(Some(last_known(
+                    None,
+                    format!("{name} runs but its API does not answer: {}", error.message),
+                )));
+            }
         };
         Ok(Some(Observation {
-            state,
+            state: ExternalState::Ready,
             owner: record.owner.clone(),
             connection,
             resource: ObservedCluster {
-                version,
+                provider_drift: bounds_drift(&obj.spec.node_pools, &node_pools),
+                version: Some(version),
                 endpoint,
                 node_pools,
-                provider_drift,
             },
         }))
     }
