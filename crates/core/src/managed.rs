@@ -1007,6 +1007,13 @@ impl<'a, K: Managed> Pass<'a, K> {
                 Phase::Ready,
             ),
         };
+        // A spec the provider cannot apply is refused whether or not the
+        // resource happens to match it today.
+        if policies.management == ManagementPolicy::Full
+            && let Err(refusal) = provider.validate(self.obj)
+        {
+            return self.refuse(&refusal, settled, observed).await;
+        }
         if differences.is_empty() {
             if self
                 .obj
@@ -1085,9 +1092,6 @@ impl<'a, K: Managed> Pass<'a, K> {
             return Ok(self.poll());
         }
 
-        if let Err(refusal) = provider.validate(self.obj) {
-            return self.refuse(&refusal, settled, observed).await;
-        }
         let changes = match self.obj.plan(&observation.resource) {
             Ok(changes) => changes,
             Err(refusal) => return self.refuse(&refusal, settled, observed).await,

@@ -739,6 +739,46 @@ async fn node_pools_are_scaled_added_and_removed() {
 }
 
 #[tokio::test]
+async fn a_spec_the_provider_cannot_apply_is_refused_on_an_existing_cluster() {
+    with_temp_ns(|client, ns| async move {
+        let h = Harness::start(client, ns, json!({})).await;
+        h.create("web", json!({}), json!({})).await;
+        h.wait_for_condition("web", condition::READY, "True", "Available")
+            .await;
+        let cloud = h.cloud().await;
+        let before = cloud.calls.snapshot();
+
+        // Nothing in the external cluster differs, yet the nop provider
+        // takes no provider block: refused, named, and nothing changed.
+        let aws = json!({"aws": {
+            "roleArn": "arn:aws:iam::123456789012:role/eks",
+            "nodeRoleArn": "arn:aws:iam::123456789012:role/nodes",
+            "subnetIds": ["subnet-1", "subnet-2"],
+        }});
+        h.patch_spec("web", json!({"provider": aws})).await;
+        let refused = h
+            .wait_for_condition("web", condition::SYNCED, "False", "InvalidSpec")
+            .await;
+        let message = message_of(&refused, condition::SYNCED);
+        assert!(message.starts_with("spec.provider:"), "{message}");
+        assert!(
+            conditions_of(&refused)
+                .iter()
+                .any(|(t, s, ..)| t == condition::READY && s == "True"),
+            "the cluster itself is still usable"
+        );
+        h.wait_for_event("web", "InvalidSpec").await;
+        assert_eq!(cloud.calls.snapshot().1, before.1, "no create");
+        assert_eq!(cloud.calls.snapshot().2, before.2, "no update");
+
+        h.patch_spec("web", json!({"provider": null})).await;
+        h.wait_for_condition("web", condition::SYNCED, "True", "ReconcileSuccess")
+            .await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_paused_cluster_is_left_alone() {
     with_temp_ns(|client, ns| async move {
         let h = Harness::start(client, ns, json!({})).await;
