@@ -28,7 +28,7 @@ use fleetforge_core::{
 };
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde::{Deserialize, Serialize};
 
 use crate::kubeconfig::Access;
@@ -221,7 +221,7 @@ impl LocalCloud {
         &self,
         name: &str,
         record: &Record,
-    ) -> Result<(String, Vec<ObservedNodePool>), ProviderError> {
+    ) -> Result<(String, Vec<ObservedNodePool>, Vec<FieldDiff>), ProviderError> {
         let client = self.client(name).await?;
         let version = client
             .apiserver_version()
@@ -232,6 +232,7 @@ impl LocalCloud {
             .list(&ListParams::default().labels(nodes::POOL_LABEL))
             .await
             .map_err(kube_failed)?;
+        let label_drift = label_drift(&record.pools, &list.items);
         let mut counts: BTreeMap<String, (i32, i32, Option<String>)> = BTreeMap::new();
         for node in &list.items {
             let labels = node.labels();
@@ -263,8 +264,56 @@ impl LocalCloud {
             };
             pools.push(observed_pool(&record, &version, count, ready));
         }
-        Ok((version, pools))
+        Ok((version, pools, label_drift))
     }
+
+    /// Puts the pool and machine-type labels of `pool` back on its nodes.
+    async fn relabel(&self, client: &kube::Client, pool: &RecordPool) -> Result<(), ProviderError> {
+        let api: Api<Node> = Api::all(client.clone());
+        let selector = format!("{}={}", nodes::POOL_LABEL, pool.name);
+        let list = api
+            .list_metadata(&ListParams::default().labels(&selector))
+            .await
+            .map_err(kube_failed)?;
+        let patch = serde_json::json!({"metadata": {"labels": {
+            nodes::MACHINE_TYPE_LABEL: pool.machine_type,
+        }}});
+        for node in list.items {
+            api.patch(
+                &node.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(kube_failed)?;
+        }
+        Ok(())
+    }
+}
+
+/// Pools some of whose nodes no longer carry the declared machine-type
+/// label (someone relabelled them).
+fn label_drift(pools: &[RecordPool], items: &[Node]) -> Vec<FieldDiff> {
+    pools
+        .iter()
+        .filter_map(|pool| {
+            let members: Vec<&Node> = items
+                .iter()
+                .filter(|n| n.labels().get(nodes::POOL_LABEL) == Some(&pool.name))
+                .collect();
+            let wrong = members
+                .iter()
+                .filter(|n| n.labels().get(nodes::MACHINE_TYPE_LABEL) != Some(&pool.machine_type))
+                .count();
+            (wrong > 0).then(|| {
+                FieldDiff::new(
+                    format!("nodePools[{}].nodeLabels", pool.name),
+                    format!("{}={}", nodes::MACHINE_TYPE_LABEL, pool.machine_type),
+                    format!("{wrong} of {} nodes differ", members.len()),
+                )
+            })
+        })
+        .collect()
 }
 
 fn observed_pool(pool: &RecordPool, version: &str, count: i32, ready: i32) -> ObservedNodePool {
@@ -415,7 +464,7 @@ impl ExternalClient<Cluster> for LocalCloud {
             }
             Processes::Running => {}
         }
-        let (version, node_pools) = match self.observe_api(name, &record).await {
+        let (version, node_pools, label_drift) = match self.observe_api(name, &record).await {
             Ok(seen) => seen,
             Err(error) => {
                 return Ok(Some(last_known(
@@ -429,7 +478,10 @@ impl ExternalClient<Cluster> for LocalCloud {
             owner: record.owner.clone(),
             connection,
             resource: ObservedCluster {
-                provider_drift: bounds_drift(&obj.spec.node_pools, &node_pools),
+                provider_drift: bounds_drift(&obj.spec.node_pools, &node_pools)
+                    .into_iter()
+                    .chain(label_drift)
+                    .collect(),
                 version: Some(version),
                 endpoint,
                 node_pools,
@@ -544,8 +596,18 @@ impl ExternalClient<Cluster> for LocalCloud {
                 }
                 ClusterChange::ProviderSettings { fields } => {
                     // `state` was handled first; `nodePools[x].nodes` means a
-                    // pool left its bounds: bring it back into them.
+                    // pool left its bounds: bring it back into them;
+                    // `nodePools[x].nodeLabels`: its nodes were relabelled.
                     for field in fields {
+                        if let Some(pool) = field
+                            .field
+                            .strip_prefix("nodePools[")
+                            .and_then(|r| r.strip_suffix("].nodeLabels"))
+                            && let Some(spec) = obj.spec.node_pools.iter().find(|p| p.name == pool)
+                        {
+                            self.relabel(&client, &RecordPool::from(spec)).await?;
+                            continue;
+                        }
                         let Some(pool) = field
                             .field
                             .strip_prefix("nodePools[")
@@ -637,6 +699,27 @@ mod tests {
         assert_eq!(target_size(&pool("a", 1, 5, None), 0), 1);
         assert_eq!(target_size(&pool("a", 1, 5, None), 4), 4);
         assert_eq!(target_size(&pool("a", 1, 5, None), 9), 5);
+    }
+
+    #[test]
+    fn relabelled_nodes_are_drift() {
+        let pools = [RecordPool::from(&pool("a", 1, 3, None))];
+        let mut nodes = vec![
+            nodes::node("a", "standard", 0),
+            nodes::node("a", "standard", 1),
+        ];
+        assert!(label_drift(&pools, &nodes).is_empty());
+        nodes[1]
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(nodes::MACHINE_TYPE_LABEL.into(), "huge".into());
+        let drift = label_drift(&pools, &nodes);
+        assert_eq!(
+            drift[0].to_string(),
+            "nodePools[a].nodeLabels: spec node.kubernetes.io/instance-type=standard, actual 1 of 2 nodes differ"
+        );
     }
 
     #[test]

@@ -131,6 +131,36 @@ async fn a_local_cluster_lives_scales_recovers_and_goes() {
         .expect("scale");
     assert_eq!(workers(&observe(&cloud, &bigger).await), (3, Some(3)));
 
+    // A relabelled node is drift; correcting it puts the label back.
+    let relabel =
+        serde_json::json!({"metadata": {"labels": {"node.kubernetes.io/instance-type": "huge"}}});
+    nodes
+        .patch(
+            "workers-0",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&relabel),
+        )
+        .await
+        .unwrap();
+    let drift = observe(&cloud, &bigger).await.resource.provider_drift;
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    assert_eq!(drift[0].field, "nodePools[workers].nodeLabels");
+    cloud
+        .update(
+            &bigger,
+            "c1",
+            &[ClusterChange::ProviderSettings { fields: drift }],
+        )
+        .await
+        .expect("relabel");
+    assert!(
+        observe(&cloud, &bigger)
+            .await
+            .resource
+            .provider_drift
+            .is_empty()
+    );
+
     // Stopped out of band: degraded, with the state as drift to correct.
     cloud.kwokctl().stop("c1").await.unwrap();
     let seen = observe(&cloud, &bigger).await;
