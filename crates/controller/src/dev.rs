@@ -250,8 +250,15 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 
 fn start_controller(home: &Home, args: &UpArgs) -> anyhow::Result<()> {
     if let Some(pid) = home.controller_pid() {
-        say(format!("controller runs (pid {pid})"));
-        return Ok(());
+        if runs_this_binary(pid) {
+            say(format!("controller runs (pid {pid})"));
+            return Ok(());
+        }
+        // Rebuilt since it started: run the new code.
+        say(format!(
+            "controller (pid {pid}) runs an older build: restarting it"
+        ));
+        stop_controller(home)?;
     }
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -300,6 +307,15 @@ fn start_controller(home: &Home, args: &UpArgs) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Whether process `pid` runs the same executable as this process (a
+/// rebuilt binary replaces the file, so the old process's link reads
+/// `... (deleted)`).
+fn runs_this_binary(pid: u32) -> bool {
+    let theirs = std::fs::read_link(format!("/proc/{pid}/exe"));
+    let ours = std::fs::read_link("/proc/self/exe");
+    matches!((theirs, ours), (Ok(a), Ok(b)) if a == b)
 }
 
 fn stop_controller(home: &Home) -> anyhow::Result<()> {
