@@ -19,6 +19,7 @@
 
 mod control_plane;
 mod kwok;
+pub mod moto;
 mod pki;
 mod process;
 pub mod tools;
