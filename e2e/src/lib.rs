@@ -36,6 +36,32 @@ pub fn fleetforge_bin() -> PathBuf {
     bin
 }
 
+/// The admin kubeconfig of the test binary's shared control plane.
+pub fn admin_kubeconfig() -> PathBuf {
+    fleetforge_testenv::shared().kubeconfig_path().to_path_buf()
+}
+
+/// Installs the CRDs and the ClusterRoles into the shared control plane with
+/// kubectl, from `fleetforge crds` and `fleetforge rbac`, once per test
+/// binary.
+pub fn install() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        apply_generated(&admin_kubeconfig(), &["crds"]);
+        kubectl(
+            &admin_kubeconfig(),
+            &[
+                "wait",
+                "--for=condition=Established",
+                "crd",
+                "--all",
+                "--timeout=60s",
+            ],
+        );
+        apply_generated(&admin_kubeconfig(), &["rbac"]);
+    });
+}
+
 /// Runs `command`, panicking with its output when it fails.
 pub fn run_ok(command: &mut Command) -> Output {
     let output = command

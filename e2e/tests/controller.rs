@@ -4,11 +4,10 @@
 //! missing RBAC verb fails here), and users working through kubectl.
 
 use std::path::{Path, PathBuf};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use fleetforge_api::{Cluster, ProviderConfig, annotation, condition};
-use fleetforge_e2e::{Controller, apply_generated, kubectl, service_account_kubeconfig};
+use fleetforge_e2e::{Controller, admin_kubeconfig, install, kubectl, service_account_kubeconfig};
 use fleetforge_testenv::{await_condition, shared};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
@@ -17,29 +16,6 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn admin_kubeconfig() -> PathBuf {
-    shared().kubeconfig_path().to_path_buf()
-}
-
-/// CRDs and ClusterRoles, installed once per test binary with kubectl.
-fn install() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        apply_generated(&admin_kubeconfig(), &["crds"]);
-        kubectl(
-            &admin_kubeconfig(),
-            &[
-                "wait",
-                "--for=condition=Established",
-                "crd",
-                "--all",
-                "--timeout=60s",
-            ],
-        );
-        apply_generated(&admin_kubeconfig(), &["rbac"]);
-    });
-}
 
 async fn create_provider_config(client: &Client, name: &str, nop: serde_json::Value) {
     let configs: Api<ProviderConfig> = Api::all(client.clone());

@@ -5,12 +5,14 @@ use std::sync::Arc;
 
 use fleetforge_api::{Cluster, ProviderKind};
 use fleetforge_core::Providers;
+use fleetforge_provider_aws_eks::EksFactory;
 use fleetforge_provider_local::{LocalFactory, LocalOptions};
 use fleetforge_provider_nop::NopFactory;
 
 /// Every provider this binary can manage Clusters with.
 pub fn clusters(local: &LocalOptions) -> Providers<Cluster> {
     Providers::default()
+        .register(ProviderKind::Aws, EksFactory::new() as Arc<_>)
         .register(ProviderKind::Nop, NopFactory::new() as Arc<_>)
         .register(
             ProviderKind::Local,

@@ -1,0 +1,205 @@
+//! The built controller managing EKS clusters on moto (a real AWS
+//! emulator in server mode, on loopback), under its own RBAC: create with a
+//! node group, Ready with the cloud's own values in status, scale, a node
+//! group changed out of band through the AWS SDK detected and corrected,
+//! delete; and the credentials planted in the Secret appear nowhere.
+//!
+//! moto does not implement UpdateClusterVersion or UpdateNodegroupVersion,
+//! so upgrades are not exercised here.
+
+use std::time::Duration;
+
+use aws_sdk_eks::types::NodegroupScalingConfig;
+use fleetforge_api::{Cluster, ProviderConfig, condition};
+use fleetforge_core::Credentials;
+use fleetforge_e2e::{Controller, install, service_account_kubeconfig};
+use fleetforge_provider_aws_eks::EksCloud;
+use fleetforge_testenv::moto::Moto;
+use fleetforge_testenv::{await_condition, shared};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+/// Planted in the credentials Secret; must never show up anywhere else.
+const PLANTED: &str = "planted-secret-value-7f3a9c";
+
+fn credentials() -> String {
+    json!({"aws_access_key_id": "AKIAFLEETFORGETEST", "aws_secret_access_key": PLANTED}).to_string()
+}
+
+async fn await_cluster(
+    api: &Api<Cluster>,
+    what: &str,
+    controller: &Controller,
+    done: impl Fn(&Cluster) -> bool,
+) -> Cluster {
+    match await_condition(api, "prod-1", what, WAIT, |c: Option<&Cluster>| {
+        c.is_some_and(&done)
+    })
+    .await
+    {
+        Ok(cluster) => cluster.expect("the cluster exists"),
+        Err(e) => panic!("{e}\ncontroller log:\n{}", controller.process.log_tail()),
+    }
+}
+
+fn pool_desired(cluster: &Cluster) -> Option<i32> {
+    cluster
+        .status
+        .as_ref()?
+        .node_pools
+        .iter()
+        .find(|p| p.name == "workers")
+        .and_then(|p| p.desired)
+}
+
+#[tokio::test]
+async fn an_eks_cluster_on_moto_lives_scales_is_corrected_and_goes() {
+    install();
+    let moto = Moto::start().expect("moto runs from .tools/venv");
+    let work = tempfile::tempdir().unwrap();
+    let endpoint = moto.url().to_string();
+    shared()
+        .with_temp_ns(|client, ns| async move {
+            let kubeconfig = service_account_kubeconfig(shared(), &client, &ns, &work.path().join("sa.kubeconfig")).await;
+            let controller = Controller::start(&kubeconfig, &ns, &work.path().join("controller.log"));
+
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+            let secret: Secret = serde_json::from_value(json!({
+                "metadata": {"name": "aws-credentials"},
+                "stringData": {"credentials": credentials()},
+            }))
+            .unwrap();
+            secrets.create(&PostParams::default(), &secret).await.unwrap();
+            let config: ProviderConfig = serde_json::from_value(json!({
+                "metadata": {"name": format!("{ns}-aws")},
+                "spec": {
+                    "provider": "aws",
+                    "endpoint": endpoint,
+                    "pollInterval": "2s",
+                    "defaults": {"region": "us-east-1"},
+                    "credentials": {"source": "Secret", "secretRef": {"namespace": ns, "name": "aws-credentials", "key": "credentials"}},
+                },
+            }))
+            .unwrap();
+            Api::<ProviderConfig>::all(client.clone())
+                .create(&PostParams::default(), &config)
+                .await
+                .unwrap();
+
+            let clusters: Api<Cluster> = Api::namespaced(client.clone(), &ns);
+            let cluster: Cluster = serde_json::from_value(json!({
+                "metadata": {"name": "prod-1"},
+                "spec": {
+                    "providerConfigRef": {"name": format!("{ns}-aws")},
+                    "version": "1.30",
+                    "nodePools": [{"name": "workers", "machineType": "m5.large", "min": 1, "max": 5, "desired": 2}],
+                    "provider": {"aws": {
+                        "roleArn": "arn:aws:iam::123456789012:role/eks-cluster",
+                        "nodeRoleArn": "arn:aws:iam::123456789012:role/eks-nodes",
+                        "subnetIds": ["subnet-0a1b2c3d", "subnet-4e5f6a7b"],
+                    }},
+                },
+            }))
+            .unwrap();
+            clusters.create(&PostParams::default(), &cluster).await.unwrap();
+
+            // Ready, with the node group, and status from EKS's answers.
+            let ready = await_cluster(&clusters, "prod-1 Ready with its node group", &controller, |c| {
+                pool_desired(c) == Some(2)
+                    && c.status.as_ref().is_some_and(|s| {
+                        s.observed_generation == c.metadata.generation
+                            && s.conditions.iter().any(|c| c.type_ == condition::READY && c.status == "True")
+                    })
+            })
+            .await;
+            let status = ready.status.clone().unwrap();
+            assert_eq!(status.provider.as_deref(), Some("aws"));
+            assert_eq!(status.region.as_deref(), Some("us-east-1"));
+            assert_eq!(status.version.as_deref(), Some("1.30"));
+            assert!(status.endpoint.is_some_and(|e| e.starts_with("https://")));
+            let connection = secrets.get("prod-1-kubeconfig").await.unwrap();
+            let kubeconfig = String::from_utf8(connection.data.unwrap()["value"].0.clone()).unwrap();
+            assert!(kubeconfig.contains("k8s-aws-v1."), "an in-process EKS token");
+
+            // Scale through the spec.
+            clusters
+                .patch("prod-1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"nodePools": [
+                    {"name": "workers", "machineType": "m5.large", "min": 1, "max": 5, "desired": 3}
+                ]}})))
+                .await
+                .unwrap();
+            await_cluster(&clusters, "workers scaled to 3", &controller, |c| {
+                pool_desired(c) == Some(3) && c.status.as_ref().and_then(|s| s.observed_generation) == c.metadata.generation
+            })
+            .await;
+
+            // Out of band, through the AWS SDK: detected and corrected.
+            let cloud = EksCloud::connect(&config, Credentials::Secret(credentials().into_bytes())).await.unwrap();
+            cloud
+                .client("us-east-1")
+                .update_nodegroup_config()
+                .cluster_name("prod-1")
+                .nodegroup_name("workers")
+                .scaling_config(NodegroupScalingConfig::builder().min_size(1).max_size(5).desired_size(1).build())
+                .send()
+                .await
+                .unwrap();
+            let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+            let mut detected = false;
+            for _ in 0..60 {
+                let list = events.list(&ListParams::default()).await.unwrap();
+                detected = list.items.iter().any(|e| {
+                    e.reason.as_deref() == Some("DriftDetected")
+                        && e.note.as_deref().is_some_and(|n| n.contains("nodePools[workers].desired: spec 3, actual 1"))
+                });
+                if detected {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            assert!(detected, "no DriftDetected event\n{}", controller.process.log_tail());
+            let group = cloud
+                .client("us-east-1")
+                .describe_nodegroup()
+                .cluster_name("prod-1")
+                .nodegroup_name("workers");
+            let mut corrected = None;
+            for _ in 0..60 {
+                corrected = group.clone().send().await.unwrap().nodegroup.and_then(|g| g.scaling_config?.desired_size);
+                if corrected == Some(3) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            assert_eq!(corrected, Some(3), "the node group was not scaled back");
+
+            // The planted credential is in no log, event or status.
+            let log = std::fs::read_to_string(work.path().join("controller.log")).unwrap();
+            let all_events = serde_json::to_string(&events.list(&ListParams::default()).await.unwrap().items).unwrap();
+            let status = serde_json::to_string(&clusters.get("prod-1").await.unwrap().status).unwrap();
+            let config_status = serde_json::to_string(
+                &Api::<ProviderConfig>::all(client.clone()).get(&format!("{ns}-aws")).await.unwrap().status,
+            )
+            .unwrap();
+            for (what, text) in [("log", &log), ("events", &all_events), ("status", &status), ("ProviderConfig status", &config_status)] {
+                assert!(!text.contains(PLANTED), "the secret key leaked into the {what}");
+            }
+            assert!(!log.is_empty());
+
+            // Delete: node groups, then the cluster, then the object.
+            clusters.delete("prod-1", &DeleteParams::default()).await.unwrap();
+            let gone = await_condition(&clusters, "prod-1", "prod-1 to be deleted", Duration::from_secs(90), |c: Option<&Cluster>| c.is_none()).await;
+            assert!(gone.is_ok(), "{gone:?}\n{}", controller.process.log_tail());
+            let left = cloud.client("us-east-1").list_clusters().send().await.unwrap();
+            assert!(left.clusters().is_empty(), "EKS still lists {:?}", left.clusters());
+            Api::<ProviderConfig>::all(client.clone())
+                .delete(&format!("{ns}-aws"), &DeleteParams::default())
+                .await
+                .unwrap();
+        })
+        .await;
+    drop(moto);
+}
