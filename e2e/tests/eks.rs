@@ -4,8 +4,10 @@
 //! group changed out of band through the AWS SDK detected and corrected,
 //! delete; and the credentials planted in the Secret appear nowhere.
 //!
-//! moto does not implement UpdateClusterVersion or UpdateNodegroupVersion,
-//! so upgrades are not exercised here.
+//! moto does not implement UpdateClusterVersion or UpdateNodegroupVersion;
+//! those two go to a loopback stub in front of moto that speaks the EKS wire
+//! format for them (`fleetforge_testenv::eks_upgrades`), so the upgrade is
+//! exercised too: control plane first, then the node group.
 
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use fleetforge_api::{Cluster, ProviderConfig, condition};
 use fleetforge_core::Credentials;
 use fleetforge_e2e::{Controller, install, service_account_kubeconfig};
 use fleetforge_provider_aws_eks::EksCloud;
+use fleetforge_testenv::eks_upgrades::EksUpgradeStub;
 use fleetforge_testenv::moto::Moto;
 use fleetforge_testenv::{await_condition, shared};
 use k8s_openapi::api::core::v1::Secret;
@@ -59,8 +62,11 @@ fn pool_desired(cluster: &Cluster) -> Option<i32> {
 async fn an_eks_cluster_on_moto_lives_scales_is_corrected_and_goes() {
     install();
     let moto = Moto::start().expect("moto runs from .tools/venv");
+    let stub = EksUpgradeStub::start(moto.url(), Duration::from_secs(2))
+        .await
+        .unwrap();
     let work = tempfile::tempdir().unwrap();
-    let endpoint = moto.url().to_string();
+    let endpoint = stub.url().to_string();
     shared()
         .with_temp_ns(|client, ns| async move {
             let kubeconfig = service_account_kubeconfig(shared(), &client, &ns, &work.path().join("sa.kubeconfig")).await;
@@ -136,6 +142,32 @@ async fn an_eks_cluster_on_moto_lives_scales_is_corrected_and_goes() {
             })
             .await;
 
+            // Upgrade: the control plane first, then the node group.
+            clusters
+                .patch("prod-1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"version": "1.31"}})))
+                .await
+                .unwrap();
+            let upgraded = await_cluster(&clusters, "prod-1 and its node group at 1.31", &controller, |c| {
+                c.status.as_ref().is_some_and(|s| {
+                    s.version.as_deref() == Some("1.31")
+                        && s.node_pools.iter().all(|p| p.version.as_deref() == Some("1.31"))
+                        && s.observed_generation == c.metadata.generation
+                })
+            })
+            .await;
+            assert_eq!(upgraded.status.unwrap().phase, Some(fleetforge_api::ClusterPhase::Ready));
+            let steps: Vec<String> = Api::<Event>::namespaced(client.clone(), &ns)
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("UpdatingExternalResource"))
+                .filter_map(|e| e.note)
+                .collect();
+            assert!(steps.iter().any(|n| n == "upgrade the control plane to 1.31"), "{steps:?}");
+            assert!(steps.iter().any(|n| n == "upgrade node pool workers to 1.31"), "{steps:?}");
+
             // Out of band, through the AWS SDK: detected and corrected.
             let cloud = EksCloud::connect(&config, Credentials::Secret(credentials().into_bytes())).await.unwrap();
             cloud
@@ -201,5 +233,6 @@ async fn an_eks_cluster_on_moto_lives_scales_is_corrected_and_goes() {
                 .unwrap();
         })
         .await;
+    drop(stub);
     drop(moto);
 }

@@ -18,6 +18,7 @@
 //! temporary namespace. Child processes die with the test binary.
 
 mod control_plane;
+pub mod eks_upgrades;
 mod kwok;
 pub mod moto;
 mod pki;
