@@ -2,7 +2,8 @@
 //! emulator in server mode, on loopback), under its own RBAC: create with a
 //! node group, Ready with the cloud's own values in status, scale, a node
 //! group changed out of band through the AWS SDK detected and corrected,
-//! delete; and the credentials planted in the Secret appear nowhere.
+//! delete; and the credentials planted in the Secret appear nowhere. A
+//! second test holds six clusters to the account's rate limit.
 //!
 //! moto does not implement UpdateClusterVersion or UpdateNodegroupVersion;
 //! those two go to a loopback stub in front of moto that speaks the EKS wire
@@ -234,5 +235,94 @@ async fn an_eks_cluster_on_moto_lives_scales_is_corrected_and_goes() {
         })
         .await;
     drop(stub);
+    drop(moto);
+}
+
+/// The sum of `fleetforge_provider_calls_total` for provider `aws`.
+fn aws_calls(controller: &Controller) -> f64 {
+    let (_, metrics) = controller.get("/metrics");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("fleetforge_provider_calls_total{provider=\"aws\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn eks_calls_keep_to_the_account_rate_limit() {
+    install();
+    let moto = Moto::start().expect("moto runs from .tools/venv");
+    let work = tempfile::tempdir().unwrap();
+    let endpoint = moto.url().to_string();
+    shared()
+        .with_temp_ns(|client, ns| async move {
+            let kubeconfig = service_account_kubeconfig(shared(), &client, &ns, &work.path().join("sa.kubeconfig")).await;
+            let controller = Controller::start(&kubeconfig, &ns, &work.path().join("controller.log"));
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+            let secret: Secret = serde_json::from_value(json!({
+                "metadata": {"name": "aws-credentials"},
+                "stringData": {"credentials": credentials()},
+            }))
+            .unwrap();
+            secrets.create(&PostParams::default(), &secret).await.unwrap();
+            // Two calls a second for the whole account, polled every second
+            // by six clusters: without the limit they would make 6+ a second.
+            let config: ProviderConfig = serde_json::from_value(json!({
+                "metadata": {"name": format!("{ns}-aws")},
+                "spec": {
+                    "provider": "aws",
+                    "endpoint": endpoint,
+                    "pollInterval": "1s",
+                    "rateLimit": {"qps": 2.0, "burst": 2},
+                    "defaults": {"region": "us-east-1"},
+                    "credentials": {"source": "Secret", "secretRef": {"namespace": ns, "name": "aws-credentials", "key": "credentials"}},
+                },
+            }))
+            .unwrap();
+            Api::<ProviderConfig>::all(client.clone())
+                .create(&PostParams::default(), &config)
+                .await
+                .unwrap();
+            let clusters: Api<Cluster> = Api::namespaced(client.clone(), &ns);
+            for i in 0..6 {
+                let cluster: Cluster = serde_json::from_value(json!({
+                    "metadata": {"name": format!("limited-{i}")},
+                    "spec": {
+                        "providerConfigRef": {"name": format!("{ns}-aws")},
+                        "provider": {"aws": {
+                            "roleArn": "arn:aws:iam::123456789012:role/eks-cluster",
+                            "nodeRoleArn": "arn:aws:iam::123456789012:role/eks-nodes",
+                            "subnetIds": ["subnet-0a1b2c3d"],
+                        }},
+                    },
+                }))
+                .unwrap();
+                clusters.create(&PostParams::default(), &cluster).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let before = aws_calls(&controller);
+            let window = Duration::from_secs(10);
+            tokio::time::sleep(window).await;
+            let calls = aws_calls(&controller) - before;
+            let rate = calls / window.as_secs_f64();
+            eprintln!("{calls} EKS calls in {window:?}: {rate:.2}/s with qps 2, burst 2");
+            assert!(calls > 0.0, "no EKS calls at all\n{}", controller.process.log_tail());
+            // qps 2 plus the burst of 2 spread over the window.
+            assert!(rate <= 2.0 + 2.0 / window.as_secs_f64() + 0.1, "{calls} calls in {window:?}");
+            assert!(rate >= 1.0, "the limit should be used, not starved: {calls} calls in {window:?}");
+            for i in 0..6 {
+                clusters.delete(&format!("limited-{i}"), &DeleteParams::default()).await.unwrap();
+            }
+            for i in 0..6 {
+                let name = format!("limited-{i}");
+                let gone = await_condition(&clusters, &name, "the limited clusters to be deleted", Duration::from_secs(90), |c: Option<&Cluster>| c.is_none()).await;
+                assert!(gone.is_ok(), "{gone:?}");
+            }
+            Api::<ProviderConfig>::all(client.clone())
+                .delete(&format!("{ns}-aws"), &DeleteParams::default())
+                .await
+                .unwrap();
+        })
+        .await;
     drop(moto);
 }
