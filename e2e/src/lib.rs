@@ -229,3 +229,82 @@ impl Controller {
         (status, body)
     }
 }
+
+/// The sum of `fleetforge_provider_calls_total` for `provider`.
+pub fn provider_calls(controller: &Controller, provider: &str) -> f64 {
+    let (_, metrics) = controller.get("/metrics");
+    let prefix = format!("fleetforge_provider_calls_total{{provider=\"{provider}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The account rate limit every rate-limit test configures: 2 calls a
+/// second, bursts of 2.
+pub const RATE_LIMIT: f64 = 2.0;
+
+/// Creates six Clusters with `spec` (providerConfigRef filled in) on
+/// ProviderConfig `config`, which must poll every second under
+/// `rateLimit: {qps: 2, burst: 2}` (six clusters would otherwise make six
+/// calls or more a second); measures `provider`'s calls over 10 s from the
+/// controller's metrics and asserts they keep to the limit without being
+/// starved; then deletes the clusters. Returns the measured rate.
+pub async fn assert_rate_limited(
+    client: &Client,
+    namespace: &str,
+    controller: &Controller,
+    provider: &str,
+    config: &str,
+    spec: serde_json::Value,
+) -> f64 {
+    let clusters: Api<fleetforge_api::Cluster> = Api::namespaced(client.clone(), namespace);
+    let names: Vec<String> = (0..6).map(|i| format!("limited-{i}")).collect();
+    for name in &names {
+        let mut spec = spec.clone();
+        spec["providerConfigRef"] = json!({"name": config});
+        let cluster: fleetforge_api::Cluster =
+            serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec}))
+                .expect("a valid Cluster");
+        clusters
+            .create(&PostParams::default(), &cluster)
+            .await
+            .expect("the Cluster is created");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = provider_calls(controller, provider);
+    let window = Duration::from_secs(10);
+    tokio::time::sleep(window).await;
+    let calls = provider_calls(controller, provider) - before;
+    let rate = calls / window.as_secs_f64();
+    eprintln!("{calls} {provider} calls in {window:?}: {rate:.2}/s with qps 2, burst 2");
+    assert!(
+        rate <= RATE_LIMIT + 2.0 / window.as_secs_f64() + 0.1,
+        "{calls} {provider} calls in {window:?} exceed the limit\n{}",
+        controller.process.log_tail()
+    );
+    assert!(
+        rate >= RATE_LIMIT / 2.0,
+        "the limit should be used, not starved: {calls} calls in {window:?}\n{}",
+        controller.process.log_tail()
+    );
+    for name in &names {
+        clusters
+            .delete(name, &Default::default())
+            .await
+            .expect("the Cluster is deleted");
+    }
+    for name in &names {
+        let gone = fleetforge_testenv::await_condition(
+            &clusters,
+            name,
+            "the rate-limited clusters to be deleted",
+            Duration::from_secs(90),
+            |c: Option<&fleetforge_api::Cluster>| c.is_none(),
+        )
+        .await;
+        assert!(gone.is_ok(), "{gone:?}\n{}", controller.process.log_tail());
+    }
+    rate
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 use aws_sdk_eks::types::NodegroupScalingConfig;
 use fleetforge_api::{Cluster, ProviderConfig, condition};
 use fleetforge_core::Credentials;
-use fleetforge_e2e::{Controller, install, service_account_kubeconfig};
+use fleetforge_e2e::{Controller, assert_rate_limited, install, service_account_kubeconfig};
 use fleetforge_provider_aws_eks::EksCloud;
 use fleetforge_testenv::eks_upgrades::EksUpgradeStub;
 use fleetforge_testenv::moto::Moto;
@@ -238,16 +238,6 @@ async fn an_eks_cluster_on_moto_lives_scales_is_corrected_and_goes() {
     drop(moto);
 }
 
-/// The sum of `fleetforge_provider_calls_total` for provider `aws`.
-fn aws_calls(controller: &Controller) -> f64 {
-    let (_, metrics) = controller.get("/metrics");
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("fleetforge_provider_calls_total{provider=\"aws\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test]
 async fn eks_calls_keep_to_the_account_rate_limit() {
     install();
@@ -283,41 +273,19 @@ async fn eks_calls_keep_to_the_account_rate_limit() {
                 .create(&PostParams::default(), &config)
                 .await
                 .unwrap();
-            let clusters: Api<Cluster> = Api::namespaced(client.clone(), &ns);
-            for i in 0..6 {
-                let cluster: Cluster = serde_json::from_value(json!({
-                    "metadata": {"name": format!("limited-{i}")},
-                    "spec": {
-                        "providerConfigRef": {"name": format!("{ns}-aws")},
-                        "provider": {"aws": {
-                            "roleArn": "arn:aws:iam::123456789012:role/eks-cluster",
-                            "nodeRoleArn": "arn:aws:iam::123456789012:role/eks-nodes",
-                            "subnetIds": ["subnet-0a1b2c3d"],
-                        }},
-                    },
-                }))
-                .unwrap();
-                clusters.create(&PostParams::default(), &cluster).await.unwrap();
-            }
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            let before = aws_calls(&controller);
-            let window = Duration::from_secs(10);
-            tokio::time::sleep(window).await;
-            let calls = aws_calls(&controller) - before;
-            let rate = calls / window.as_secs_f64();
-            eprintln!("{calls} EKS calls in {window:?}: {rate:.2}/s with qps 2, burst 2");
-            assert!(calls > 0.0, "no EKS calls at all\n{}", controller.process.log_tail());
-            // qps 2 plus the burst of 2 spread over the window.
-            assert!(rate <= 2.0 + 2.0 / window.as_secs_f64() + 0.1, "{calls} calls in {window:?}");
-            assert!(rate >= 1.0, "the limit should be used, not starved: {calls} calls in {window:?}");
-            for i in 0..6 {
-                clusters.delete(&format!("limited-{i}"), &DeleteParams::default()).await.unwrap();
-            }
-            for i in 0..6 {
-                let name = format!("limited-{i}");
-                let gone = await_condition(&clusters, &name, "the limited clusters to be deleted", Duration::from_secs(90), |c: Option<&Cluster>| c.is_none()).await;
-                assert!(gone.is_ok(), "{gone:?}");
-            }
+            assert_rate_limited(
+                &client,
+                &ns,
+                &controller,
+                "aws",
+                &format!("{ns}-aws"),
+                json!({"provider": {"aws": {
+                    "roleArn": "arn:aws:iam::123456789012:role/eks-cluster",
+                    "nodeRoleArn": "arn:aws:iam::123456789012:role/eks-nodes",
+                    "subnetIds": ["subnet-0a1b2c3d"],
+                }}}),
+            )
+            .await;
             Api::<ProviderConfig>::all(client.clone())
                 .delete(&format!("{ns}-aws"), &DeleteParams::default())
                 .await
