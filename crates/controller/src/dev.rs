@@ -178,14 +178,26 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         await_clusters(&client, &clusters, Duration::from_secs(args.timeout), quiet).await?;
     }
 
+    // The accounts first (a cloud one is not Ready until its Secret
+    // exists, and says so), then the clusters.
     let kubectl = home.management.bin().join("kubectl");
-    let table = Command::new(&kubectl)
-        .args(["get", "clusters", "--all-namespaces"])
-        .env("KUBECONFIG", home.kubeconfig())
-        .output()
-        .with_context(|| format!("running {}", kubectl.display()))?;
-    eprintln!();
-    eprint!("{}", String::from_utf8_lossy(&table.stdout));
+    for args in [
+        &[
+            "get",
+            "providerconfigs",
+            "-o",
+            "custom-columns=PROVIDERCONFIG:.metadata.name,PROVIDER:.spec.provider,READY:.status.conditions[?(@.type==\"Ready\")].status,MESSAGE:.status.conditions[?(@.type==\"Ready\")].message",
+        ][..],
+        &["get", "clusters", "--all-namespaces"][..],
+    ] {
+        let table = Command::new(&kubectl)
+            .args(args)
+            .env("KUBECONFIG", home.kubeconfig())
+            .output()
+            .with_context(|| format!("running {}", kubectl.display()))?;
+        eprintln!();
+        eprint!("{}", String::from_utf8_lossy(&table.stdout));
+    }
     if !clusters.is_empty() {
         eprintln!();
         eprintln!(
