@@ -260,6 +260,46 @@ fn pool_field(pool: &str, rest: &str) -> String {
     format!("nodePools[{pool}]{rest}")
 }
 
+/// Refuses a `spec.provider` block of another cloud than `own` (`aws`,
+/// `gcp` or `azure`, whose managed service is `service`), naming the block
+/// the spec must carry instead.
+pub fn refuse_other_clouds(spec: &ClusterSpec, own: &str, service: &str) -> Result<(), Refusal> {
+    let block = spec.provider.as_ref();
+    let set = [
+        ("aws", block.is_some_and(|b| b.aws.is_some())),
+        ("gcp", block.is_some_and(|b| b.gcp.is_some())),
+        ("azure", block.is_some_and(|b| b.azure.is_some())),
+    ];
+    let article = if own.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    match set.iter().find(|(cloud, set)| *set && *cloud != own) {
+        Some((cloud, _)) => Err(Refusal {
+            reason: "InvalidSpec",
+            field: format!("spec.provider.{own}"),
+            message: format!(
+                "a Cluster on {article} {own} ProviderConfig takes {service} settings: replace spec.provider.{cloud} with spec.provider.{own}, or use a ProviderConfig for {cloud}"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// `spec.tags` plus the ownership tag `owner_tag` naming `obj` (see
+/// [`crate::provider::owner_of`]), which the spec cannot override.
+pub fn owned_tags(obj: &Cluster, owner_tag: &str) -> std::collections::HashMap<String, String> {
+    let mut tags: std::collections::HashMap<String, String> = obj
+        .spec
+        .tags
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    tags.insert(owner_tag.to_string(), crate::provider::owner_of(obj));
+    tags
+}
+
 /// The next changes that bring the cluster to `spec`, by the day-2 rules:
 /// the control plane is upgraded alone and first, one minor version at a
 /// time; node pools follow it; downgrades, skipped minor versions and
@@ -485,6 +525,24 @@ fn pool_status(pool: &ObservedNodePool) -> NodePoolStatus {
 mod tests {
     use super::*;
     use fleetforge_api::Reference;
+
+    #[test]
+    fn another_clouds_block_is_refused_naming_the_one_to_use() {
+        let mut spec: ClusterSpec = serde_json::from_value(serde_json::json!({
+            "providerConfigRef": {"name": "x"},
+            "provider": {"gcp": {"project": "p"}},
+        }))
+        .unwrap();
+        assert!(refuse_other_clouds(&spec, "gcp", "GKE").is_ok());
+        let refusal = refuse_other_clouds(&spec, "aws", "EKS").unwrap_err();
+        assert_eq!(refusal.field, "spec.provider.aws");
+        assert_eq!(
+            refusal.message,
+            "a Cluster on an aws ProviderConfig takes EKS settings: replace spec.provider.gcp with spec.provider.aws, or use a ProviderConfig for gcp"
+        );
+        spec.provider = None;
+        assert!(refuse_other_clouds(&spec, "azure", "AKS").is_ok());
+    }
 
     fn mk_pool(name: &str, min: i32, max: i32, desired: Option<i32>) -> NodePool {
         NodePool {

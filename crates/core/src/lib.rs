@@ -18,5 +18,5 @@ pub use managed::{Engine, Managed, Options, Providers, run};
 pub use metrics::Metrics;
 pub use provider::{
     ConnectionDetails, Credentials, ErrorKind, ExternalClient, ExternalState, Observation,
-    ProviderError, ProviderFactory, Refusal,
+    ProviderError, ProviderFactory, Refusal, owner_of,
 };

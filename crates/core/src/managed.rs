@@ -1307,7 +1307,7 @@ impl<'a, K: Managed> Pass<'a, K> {
     }
 
     fn owns(&self, observation: &Observation<K::Observed>) -> bool {
-        observation.owner.as_deref() == Some(&format!("{}/{}", self.namespace, self.name))
+        observation.owner.as_deref() == Some(&crate::provider::owner_of(self.obj))
     }
 
     /// Whether the external resource matched the current spec before: then

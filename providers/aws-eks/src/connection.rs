@@ -89,35 +89,6 @@ fn signing_failed(error: &dyn std::fmt::Display) -> ProviderError {
     )
 }
 
-/// A kubeconfig for the cluster `name` at `server`, trusting the base64 PEM
-/// `certificate_authority_data`, authenticating with `token`.
-pub fn kubeconfig(
-    name: &str,
-    server: &str,
-    certificate_authority_data: &str,
-    token: &str,
-) -> String {
-    // A YAML document built as JSON (JSON is YAML): every value is quoted
-    // and escaped correctly whatever the cluster name holds.
-    let document = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{
-            "name": name,
-            "cluster": {
-                "server": server,
-                "certificate-authority-data": certificate_authority_data,
-            },
-        }],
-        "users": [{"name": name, "user": {"token": token}}],
-        "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
-        "current-context": name,
-    });
-    let mut text = serde_json::to_string_pretty(&document).unwrap_or_default();
-    text.push('\n');
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,26 +153,5 @@ mod tests {
             "{}",
             decode(&a)
         );
-    }
-
-    #[test]
-    fn the_kubeconfig_names_server_ca_and_token() {
-        let text = kubeconfig(
-            "c1",
-            "https://ABC.gr7.us-east-1.eks.amazonaws.com",
-            "Q0E=",
-            "k8s-aws-v1.x",
-        );
-        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(
-            doc["clusters"][0]["cluster"]["server"],
-            "https://ABC.gr7.us-east-1.eks.amazonaws.com"
-        );
-        assert_eq!(
-            doc["clusters"][0]["cluster"]["certificate-authority-data"],
-            "Q0E="
-        );
-        assert_eq!(doc["users"][0]["user"]["token"], "k8s-aws-v1.x");
-        assert_eq!(doc["current-context"], "c1");
     }
 }

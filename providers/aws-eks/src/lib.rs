@@ -27,7 +27,9 @@ use aws_sdk_eks::types::{
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use fleetforge_api::cluster::AwsClusterSpec;
 use fleetforge_api::{Cluster, ProviderConfig};
-use fleetforge_core::cluster::{ClusterChange, FieldDiff, ObservedCluster, ObservedNodePool};
+use fleetforge_core::cluster::{
+    ClusterChange, FieldDiff, ObservedCluster, ObservedNodePool, owned_tags, refuse_other_clouds,
+};
 use fleetforge_core::{
     ConnectionDetails, Credentials, ErrorKind, ExternalClient, ExternalState, Observation,
     ProviderError, ProviderFactory, Refusal,
@@ -270,7 +272,7 @@ impl EksCloud {
                     // the spec's version; without one, EKS uses the
                     // cluster's.
                     .set_version(obj.spec.version.clone())
-                    .set_tags(Some(tags(obj)))
+                    .set_tags(Some(owned_tags(obj, OWNER_TAG)))
                     .send()
                     .await;
                 match result {
@@ -409,26 +411,6 @@ fn aws_spec(obj: &Cluster) -> Result<&AwsClusterSpec, ProviderError> {
 
 fn missing_aws_message() -> String {
     "an EKS cluster needs spec.provider.aws with roleArn, nodeRoleArn and subnetIds".to_string()
-}
-
-fn owner_of(obj: &Cluster) -> String {
-    format!(
-        "{}/{}",
-        obj.metadata.namespace.as_deref().unwrap_or_default(),
-        obj.metadata.name.as_deref().unwrap_or_default()
-    )
-}
-
-/// The spec's tags with the ownership tag, which the spec cannot override.
-fn tags(obj: &Cluster) -> HashMap<String, String> {
-    let mut tags: HashMap<String, String> = obj
-        .spec
-        .tags
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    tags.insert(OWNER_TAG.to_string(), owner_of(obj));
-    tags
 }
 
 fn joined_issues<'a>(messages: impl Iterator<Item = Option<&'a str>>) -> String {
@@ -597,7 +579,7 @@ impl ExternalClient<Cluster> for EksCloud {
             (true, Some(server), Some(ca)) => {
                 let token = self.token(&region, name).await?;
                 Some(ConnectionDetails {
-                    kubeconfig: connection::kubeconfig(name, server, ca, &token),
+                    kubeconfig: ConnectionDetails::bearer(name, server, ca, &token).kubeconfig,
                 })
             }
             _ => None,
@@ -638,7 +620,7 @@ impl ExternalClient<Cluster> for EksCloud {
             .set_version(obj.spec.version.clone())
             .role_arn(&aws.role_arn)
             .resources_vpc_config(vpc.build())
-            .set_tags(Some(tags(obj)))
+            .set_tags(Some(owned_tags(obj, OWNER_TAG)))
             .send()
             .await
             .map_err(|e| sdk_error(&format!("CreateCluster {name} in {region}"), &e))?;
@@ -712,20 +694,8 @@ impl ExternalClient<Cluster> for EksCloud {
             field: field.to_string(),
             message,
         };
+        refuse_other_clouds(&obj.spec, "aws", "EKS")?;
         let block = obj.spec.provider.as_ref();
-        for (cloud, set) in [
-            ("gcp", block.is_some_and(|b| b.gcp.is_some())),
-            ("azure", block.is_some_and(|b| b.azure.is_some())),
-        ] {
-            if set {
-                return Err(refuse(
-                    "spec.provider.aws",
-                    format!(
-                        "a Cluster on an aws ProviderConfig takes EKS settings: replace spec.provider.{cloud} with spec.provider.aws, or use a ProviderConfig for {cloud}"
-                    ),
-                ));
-            }
-        }
         if block.and_then(|b| b.aws.as_ref()).is_none() {
             return Err(refuse("spec.provider.aws", missing_aws_message()));
         }
@@ -893,7 +863,7 @@ mod tests {
             "providerConfigRef": {"name": "aws"},
             "tags": {"team": "a", OWNER_TAG: "someone/else"},
         }));
-        let tags = tags(&obj);
+        let tags = owned_tags(&obj, OWNER_TAG);
         assert_eq!(tags["team"], "a");
         assert_eq!(tags[OWNER_TAG], "team-a/c1");
     }

@@ -37,7 +37,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use fleetforge_api::cluster::{AksNetworkPlugin, AzureClusterSpec};
 use fleetforge_api::{Cluster, NodePool, ProviderConfig};
-use fleetforge_core::cluster::{ClusterChange, ObservedCluster, ObservedNodePool};
+use fleetforge_core::cluster::{
+    ClusterChange, ObservedCluster, ObservedNodePool, owned_tags, refuse_other_clouds,
+};
 use fleetforge_core::{
     ConnectionDetails, Credentials, ErrorKind, ExternalClient, ExternalState, Observation,
     ProviderError, ProviderFactory, Refusal,
@@ -423,7 +425,7 @@ fn cluster_body(obj: &Cluster, name: &str, region: &str) -> Value {
     }
     json!({
         "location": region,
-        "tags": tags(obj),
+        "tags": owned_tags(obj, OWNER_TAG),
         "identity": {"type": "SystemAssigned"},
         "properties": properties,
     })
@@ -439,26 +441,6 @@ fn missing_region_message() -> String {
 
 fn missing_resource_group_message() -> String {
     "no resource group: set spec.provider.azure.resourceGroup, or spec.defaults.resourceGroup in the ProviderConfig".to_string()
-}
-
-fn owner_of(obj: &Cluster) -> String {
-    format!(
-        "{}/{}",
-        obj.metadata.namespace.as_deref().unwrap_or_default(),
-        obj.metadata.name.as_deref().unwrap_or_default()
-    )
-}
-
-/// The spec's tags with the ownership tag, which the spec cannot override.
-fn tags(obj: &Cluster) -> HashMap<String, String> {
-    let mut tags: HashMap<String, String> = obj
-        .spec
-        .tags
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    tags.insert(OWNER_TAG.to_string(), owner_of(obj));
-    tags
 }
 
 fn is_moving(state: &str) -> bool {
@@ -655,20 +637,7 @@ impl ExternalClient<Cluster> for AksCloud {
             field: field.to_string(),
             message,
         };
-        let block = obj.spec.provider.as_ref();
-        for (cloud, set) in [
-            ("aws", block.is_some_and(|b| b.aws.is_some())),
-            ("gcp", block.is_some_and(|b| b.gcp.is_some())),
-        ] {
-            if set {
-                return Err(refuse(
-                    "spec.provider.azure",
-                    format!(
-                        "a Cluster on an azure ProviderConfig takes AKS settings: replace spec.provider.{cloud} with spec.provider.azure, or use a ProviderConfig for {cloud}"
-                    ),
-                ));
-            }
-        }
+        refuse_other_clouds(&obj.spec, "azure", "AKS")?;
         if azure_spec(obj).is_none() {
             return Err(refuse(
                 "spec.provider.azure",

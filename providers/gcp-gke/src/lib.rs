@@ -10,7 +10,6 @@
 //! the engine plans the rest again once the cluster is Ready. Calls return
 //! as soon as GKE accepted them; the engine polls.
 
-pub mod connection;
 pub mod credentials;
 pub mod errors;
 #[cfg(feature = "fake")]
@@ -24,7 +23,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fleetforge_api::cluster::{GcpClusterSpec, GkeReleaseChannel};
 use fleetforge_api::{Cluster, ManagementPolicy, NodePool, ProviderConfig};
-use fleetforge_core::cluster::{ClusterChange, ObservedCluster, ObservedNodePool};
+use fleetforge_core::cluster::{
+    ClusterChange, ObservedCluster, ObservedNodePool, refuse_other_clouds,
+};
 use fleetforge_core::{
     ConnectionDetails, Credentials, ErrorKind, ExternalClient, ExternalState, Observation,
     ProviderError, ProviderFactory, Refusal,
@@ -479,6 +480,12 @@ impl ExternalClient<Cluster> for GkeCloud {
             .as_ref()
             .map(|a| a.cluster_ca_certificate.as_str())
             .filter(|ca| !ca.is_empty());
+        // A kubeconfig with the cluster's endpoint, its CA and a bearer token
+        // from the ProviderConfig's own Google credentials, so readers need no
+        // `gke-gcloud-auth-plugin`. The token is whatever google-cloud-auth
+        // hands out: an OAuth access token for ADC, and for a service-account
+        // key a JWT the library signs itself (scope `cloud-platform`). Tokens
+        // last an hour; each poll refreshes the Secret with the current one.
         let connection = match (reachable, &server, ca) {
             (true, Some(server), Some(ca)) => {
                 let token = self.credentials.access_token().await.map_err(|_| {
@@ -488,7 +495,8 @@ impl ExternalClient<Cluster> for GkeCloud {
                     )
                 })?;
                 Some(ConnectionDetails {
-                    kubeconfig: connection::kubeconfig(external_name, server, ca, &token.token),
+                    kubeconfig: ConnectionDetails::bearer(external_name, server, ca, &token.token)
+                        .kubeconfig,
                 })
             }
             _ => None,
@@ -582,20 +590,7 @@ impl ExternalClient<Cluster> for GkeCloud {
             field: field.to_string(),
             message,
         };
-        let block = obj.spec.provider.as_ref();
-        for (cloud, set) in [
-            ("aws", block.is_some_and(|b| b.aws.is_some())),
-            ("azure", block.is_some_and(|b| b.azure.is_some())),
-        ] {
-            if set {
-                return Err(refuse(
-                    "spec.provider.gcp",
-                    format!(
-                        "a Cluster on a gcp ProviderConfig takes GKE settings: replace spec.provider.{cloud} with spec.provider.gcp, or use a ProviderConfig for {cloud}"
-                    ),
-                ));
-            }
-        }
+        refuse_other_clouds(&obj.spec, "gcp", "GKE")?;
         let Some(gcp) = gcp_spec(obj) else {
             return Err(refuse(
                 "spec.provider.gcp",

@@ -384,10 +384,6 @@ fn bounds_drift(spec: &[NodePool], observed: &[ObservedNodePool]) -> Vec<FieldDi
         .collect()
 }
 
-fn owner_of(obj: &Cluster) -> String {
-    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
-}
-
 fn failed(message: impl Into<String>) -> ProviderError {
     ProviderError::new(ErrorKind::OperationFailed, message)
 }
@@ -497,7 +493,7 @@ impl ExternalClient<Cluster> for LocalCloud {
             ));
         }
         let record = Record {
-            owner: Some(owner_of(obj)),
+            owner: Some(fleetforge_core::owner_of(obj)),
             pools: obj.spec.node_pools.iter().map(RecordPool::from).collect(),
         };
         // The record goes first: a create interrupted half-way leaves a
@@ -536,7 +532,7 @@ impl ExternalClient<Cluster> for LocalCloud {
             self.restart(name).await?;
         }
         let mut record = self.read_record(name).unwrap_or(Record {
-            owner: Some(owner_of(obj)),
+            owner: Some(fleetforge_core::owner_of(obj)),
             pools: Vec::new(),
         });
         let client = self.client(name).await?;

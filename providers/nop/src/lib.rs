@@ -429,10 +429,6 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn owner_of(obj: &Cluster) -> String {
-    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
-}
-
 fn kubeconfig(name: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: {name}\n  cluster:\n    server: https://{name}.nop.invalid\ncontexts:\n- name: {name}\n  context:\n    cluster: {name}\n    user: {name}\ncurrent-context: {name}\nusers:\n- name: {name}\n  user:\n    token: nop-not-a-real-token\n"
@@ -498,7 +494,7 @@ impl ExternalClient<Cluster> for NopCloud {
 
     async fn create(&self, obj: &Cluster, external_name: &str) -> Result<(), ProviderError> {
         self.enter(obj, "create", &self.calls.create).await?;
-        let owner = owner_of(obj);
+        let owner = fleetforge_core::owner_of(obj);
         if let Some(existing) = self.get(external_name) {
             if existing.owner.as_deref() == Some(&owner) {
                 return Ok(());
