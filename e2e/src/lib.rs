@@ -308,3 +308,112 @@ pub async fn assert_rate_limited(
     }
     rate
 }
+
+/// Waits up to 90 s for Cluster `name` to satisfy `done`, panicking with
+/// the controller's log when it does not.
+pub async fn await_cluster(
+    api: &Api<fleetforge_api::Cluster>,
+    name: &str,
+    what: &str,
+    controller: &Controller,
+    done: impl Fn(&fleetforge_api::Cluster) -> bool,
+) -> fleetforge_api::Cluster {
+    let found = fleetforge_testenv::await_condition(
+        api,
+        name,
+        what,
+        Duration::from_secs(90),
+        |c: Option<&fleetforge_api::Cluster>| c.is_some_and(&done),
+    )
+    .await;
+    match found {
+        Ok(cluster) => cluster.expect("the cluster exists"),
+        Err(e) => panic!("{e}\ncontroller log:\n{}", controller.process.log_tail()),
+    }
+}
+
+/// Waits up to 60 s for an event `reason` in `namespace` whose note
+/// contains `fragment`.
+pub async fn await_event(
+    client: &Client,
+    namespace: &str,
+    reason: &str,
+    fragment: &str,
+    controller: &Controller,
+) {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), namespace);
+    for _ in 0..120 {
+        let list = events
+            .list(&Default::default())
+            .await
+            .expect("events are listed");
+        if list.items.iter().any(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.note.as_deref().is_some_and(|n| n.contains(fragment))
+        }) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!(
+        "no {reason} event saying {fragment:?}\n{}",
+        controller.process.log_tail()
+    );
+}
+
+/// Asserts that `secret` appears in none of what a user or operator sees:
+/// the controller's log at `log`, the events of `namespace`, the status of
+/// Cluster `cluster` and of every ProviderConfig.
+pub async fn assert_nowhere(
+    client: &Client,
+    namespace: &str,
+    cluster: &str,
+    log: &Path,
+    secret: &str,
+) {
+    let log = std::fs::read_to_string(log).expect("the controller log is readable");
+    assert!(!log.is_empty());
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), namespace);
+    let events = serde_json::to_string(
+        &events
+            .list(&Default::default())
+            .await
+            .expect("events")
+            .items,
+    )
+    .expect("events serialize");
+    let clusters: Api<fleetforge_api::Cluster> = Api::namespaced(client.clone(), namespace);
+    let status = serde_json::to_string(&clusters.get(cluster).await.expect("the cluster").status)
+        .expect("status serializes");
+    let configs: Api<fleetforge_api::ProviderConfig> = Api::all(client.clone());
+    let configs: Vec<_> = configs
+        .list(&Default::default())
+        .await
+        .expect("ProviderConfigs")
+        .items
+        .into_iter()
+        .map(|c| c.status)
+        .collect();
+    let configs = serde_json::to_string(&configs).expect("statuses serialize");
+    for (what, text) in [
+        ("log", &log),
+        ("events", &events),
+        ("Cluster status", &status),
+        ("ProviderConfig status", &configs),
+    ] {
+        assert!(!text.contains(secret), "the secret leaked into the {what}");
+    }
+}
+
+/// Whether the Cluster's status describes its current generation and it is
+/// Ready.
+pub fn in_sync(cluster: &fleetforge_api::Cluster) -> bool {
+    cluster.status.as_ref().is_some_and(|s| {
+        s.observed_generation == cluster.metadata.generation
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == fleetforge_api::condition::READY && c.status == "True")
+    })
+}

@@ -7,42 +7,19 @@
 
 use std::time::Duration;
 
-use fleetforge_api::{Cluster, ProviderConfig, condition};
-use fleetforge_e2e::{Controller, assert_rate_limited, install, service_account_kubeconfig};
+use fleetforge_api::{Cluster, ProviderConfig};
+use fleetforge_e2e::{
+    Controller, assert_nowhere, assert_rate_limited, await_cluster, await_event, in_sync, install,
+    service_account_kubeconfig,
+};
 use fleetforge_provider_azure_aks::fake::{CLIENT_SECRET, FakeAks};
 use fleetforge_testenv::{await_condition, shared};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(90);
 const RESOURCE_GROUP: &str = "platform-clusters";
-
-async fn await_cluster(
-    api: &Api<Cluster>,
-    what: &str,
-    controller: &Controller,
-    done: impl Fn(&Cluster) -> bool,
-) -> Cluster {
-    match await_condition(api, "analytics", what, WAIT, |c: Option<&Cluster>| {
-        c.is_some_and(&done)
-    })
-    .await
-    {
-        Ok(cluster) => cluster.expect("the cluster exists"),
-        Err(e) => panic!("{e}\ncontroller log:\n{}", controller.process.log_tail()),
-    }
-}
-
-fn in_sync(c: &Cluster) -> bool {
-    c.status.as_ref().is_some_and(|s| {
-        s.observed_generation == c.metadata.generation
-            && s.conditions
-                .iter()
-                .any(|c| c.type_ == condition::READY && c.status == "True")
-    })
-}
 
 fn pool(c: &Cluster) -> Option<(Option<i32>, Option<String>)> {
     let pool = c
@@ -98,7 +75,7 @@ async fn an_aks_cluster_lives_scales_upgrades_is_corrected_and_goes() {
             .unwrap();
             clusters.create(&PostParams::default(), &cluster).await.unwrap();
 
-            let ready = await_cluster(&clusters, "analytics Ready", &controller, |c| in_sync(c) && pool(c).is_some()).await;
+            let ready = await_cluster(&clusters, "analytics", "analytics Ready", &controller, |c| in_sync(c) && pool(c).is_some()).await;
             let status = ready.status.clone().unwrap();
             assert_eq!(status.provider.as_deref(), Some("azure"));
             assert_eq!(status.region.as_deref(), Some("westeurope"));
@@ -113,12 +90,12 @@ async fn an_aks_cluster_lives_scales_upgrades_is_corrected_and_goes() {
                 ]}})))
                 .await
                 .unwrap();
-            await_cluster(&clusters, "system scaled to 3", &controller, |c| in_sync(c) && pool(c).is_some_and(|p| p.0 == Some(3))).await;
+            await_cluster(&clusters, "analytics", "system scaled to 3", &controller, |c| in_sync(c) && pool(c).is_some_and(|p| p.0 == Some(3))).await;
             clusters
                 .patch("analytics", &PatchParams::default(), &Patch::Merge(json!({"spec": {"version": "1.31"}})))
                 .await
                 .unwrap();
-            let upgraded = await_cluster(&clusters, "analytics and its pool at 1.31", &controller, |c| {
+            let upgraded = await_cluster(&clusters, "analytics", "analytics and its pool at 1.31", &controller, |c| {
                 in_sync(c)
                     && c.status.as_ref().and_then(|s| s.version.as_deref()).is_some_and(|v| v.starts_with("1.31"))
                     && pool(c).and_then(|p| p.1).is_some_and(|v| v.starts_with("1.31"))
@@ -128,30 +105,12 @@ async fn an_aks_cluster_lives_scales_upgrades_is_corrected_and_goes() {
 
             // A pool resized out of band: detected and corrected.
             assert!(fake.set_pool_count(RESOURCE_GROUP, "analytics", "system", 1));
-            let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-            let mut detected = false;
-            for _ in 0..120 {
-                let list = events.list(&ListParams::default()).await.unwrap();
-                detected = list.items.iter().any(|e| {
-                    e.reason.as_deref() == Some("DriftDetected")
-                        && e.note.as_deref().is_some_and(|n| n.contains("nodePools[system].desired: spec 3, actual 1"))
-                });
-                if detected {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            assert!(detected, "no DriftDetected event\n{}", controller.process.log_tail());
-            await_cluster(&clusters, "system back at 3", &controller, |c| pool(c).is_some_and(|p| p.0 == Some(3))).await;
+            await_event(&client, &ns, "DriftDetected", "nodePools[system].desired: spec 3, actual 1", &controller).await;
+            await_cluster(&clusters, "analytics", "system back at 3", &controller, |c| pool(c).is_some_and(|p| p.0 == Some(3))).await;
 
             // The client secret is in no log, event or status.
             let secret_part = CLIENT_SECRET;
-            let log = std::fs::read_to_string(work.path().join("controller.log")).unwrap();
-            let all_events = serde_json::to_string(&events.list(&ListParams::default()).await.unwrap().items).unwrap();
-            let status = serde_json::to_string(&clusters.get("analytics").await.unwrap().status).unwrap();
-            for (what, text) in [("log", &log), ("events", &all_events), ("status", &status)] {
-                assert!(!text.contains(secret_part), "the client secret leaked into the {what}");
-            }
+            assert_nowhere(&client, &ns, "analytics", &work.path().join("controller.log"), secret_part).await;
 
             clusters.delete("analytics", &DeleteParams::default()).await.unwrap();
             let gone = await_condition(&clusters, "analytics", "analytics to be deleted", WAIT, |c: Option<&Cluster>| c.is_none()).await;

@@ -13,9 +13,12 @@
 use std::time::Duration;
 
 use aws_sdk_eks::types::NodegroupScalingConfig;
-use fleetforge_api::{Cluster, ProviderConfig, condition};
+use fleetforge_api::{Cluster, ProviderConfig};
 use fleetforge_core::Credentials;
-use fleetforge_e2e::{Controller, assert_rate_limited, install, service_account_kubeconfig};
+use fleetforge_e2e::{
+    Controller, assert_nowhere, assert_rate_limited, await_cluster, await_event, in_sync, install,
+    service_account_kubeconfig,
+};
 use fleetforge_provider_aws_eks::EksCloud;
 use fleetforge_testenv::eks_upgrades::EksUpgradeStub;
 use fleetforge_testenv::moto::Moto;
@@ -25,28 +28,11 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-const WAIT: Duration = Duration::from_secs(60);
 /// Planted in the credentials Secret; must never show up anywhere else.
 const PLANTED: &str = "planted-secret-value-7f3a9c";
 
 fn credentials() -> String {
     json!({"aws_access_key_id": "AKIAFLEETFORGETEST", "aws_secret_access_key": PLANTED}).to_string()
-}
-
-async fn await_cluster(
-    api: &Api<Cluster>,
-    what: &str,
-    controller: &Controller,
-    done: impl Fn(&Cluster) -> bool,
-) -> Cluster {
-    match await_condition(api, "prod-1", what, WAIT, |c: Option<&Cluster>| {
-        c.is_some_and(&done)
-    })
-    .await
-    {
-        Ok(cluster) => cluster.expect("the cluster exists"),
-        Err(e) => panic!("{e}\ncontroller log:\n{}", controller.process.log_tail()),
-    }
 }
 
 fn pool_desired(cluster: &Cluster) -> Option<i32> {
@@ -114,12 +100,8 @@ async fn an_eks_cluster_on_moto_lives_scales_is_corrected_and_goes() {
             clusters.create(&PostParams::default(), &cluster).await.unwrap();
 
             // Ready, with the node group, and status from EKS's answers.
-            let ready = await_cluster(&clusters, "prod-1 Ready with its node group", &controller, |c| {
-                pool_desired(c) == Some(2)
-                    && c.status.as_ref().is_some_and(|s| {
-                        s.observed_generation == c.metadata.generation
-                            && s.conditions.iter().any(|c| c.type_ == condition::READY && c.status == "True")
-                    })
+            let ready = await_cluster(&clusters, "prod-1", "prod-1 Ready with its node group", &controller, |c| {
+                pool_desired(c) == Some(2) && in_sync(c)
             })
             .await;
             let status = ready.status.clone().unwrap();
@@ -138,7 +120,7 @@ async fn an_eks_cluster_on_moto_lives_scales_is_corrected_and_goes() {
                 ]}})))
                 .await
                 .unwrap();
-            await_cluster(&clusters, "workers scaled to 3", &controller, |c| {
+            await_cluster(&clusters, "prod-1", "workers scaled to 3", &controller, |c| {
                 pool_desired(c) == Some(3) && c.status.as_ref().and_then(|s| s.observed_generation) == c.metadata.generation
             })
             .await;
@@ -148,7 +130,7 @@ async fn an_eks_cluster_on_moto_lives_scales_is_corrected_and_goes() {
                 .patch("prod-1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"version": "1.31"}})))
                 .await
                 .unwrap();
-            let upgraded = await_cluster(&clusters, "prod-1 and its node group at 1.31", &controller, |c| {
+            let upgraded = await_cluster(&clusters, "prod-1", "prod-1 and its node group at 1.31", &controller, |c| {
                 c.status.as_ref().is_some_and(|s| {
                     s.version.as_deref() == Some("1.31")
                         && s.node_pools.iter().all(|p| p.version.as_deref() == Some("1.31"))
@@ -180,20 +162,7 @@ async fn an_eks_cluster_on_moto_lives_scales_is_corrected_and_goes() {
                 .send()
                 .await
                 .unwrap();
-            let events: Api<Event> = Api::namespaced(client.clone(), &ns);
-            let mut detected = false;
-            for _ in 0..60 {
-                let list = events.list(&ListParams::default()).await.unwrap();
-                detected = list.items.iter().any(|e| {
-                    e.reason.as_deref() == Some("DriftDetected")
-                        && e.note.as_deref().is_some_and(|n| n.contains("nodePools[workers].desired: spec 3, actual 1"))
-                });
-                if detected {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            assert!(detected, "no DriftDetected event\n{}", controller.process.log_tail());
+            await_event(&client, &ns, "DriftDetected", "nodePools[workers].desired: spec 3, actual 1", &controller).await;
             let group = cloud
                 .client("us-east-1")
                 .describe_nodegroup()
@@ -210,17 +179,7 @@ async fn an_eks_cluster_on_moto_lives_scales_is_corrected_and_goes() {
             assert_eq!(corrected, Some(3), "the node group was not scaled back");
 
             // The planted credential is in no log, event or status.
-            let log = std::fs::read_to_string(work.path().join("controller.log")).unwrap();
-            let all_events = serde_json::to_string(&events.list(&ListParams::default()).await.unwrap().items).unwrap();
-            let status = serde_json::to_string(&clusters.get("prod-1").await.unwrap().status).unwrap();
-            let config_status = serde_json::to_string(
-                &Api::<ProviderConfig>::all(client.clone()).get(&format!("{ns}-aws")).await.unwrap().status,
-            )
-            .unwrap();
-            for (what, text) in [("log", &log), ("events", &all_events), ("status", &status), ("ProviderConfig status", &config_status)] {
-                assert!(!text.contains(PLANTED), "the secret key leaked into the {what}");
-            }
-            assert!(!log.is_empty());
+            assert_nowhere(&client, &ns, "prod-1", &work.path().join("controller.log"), PLANTED).await;
 
             // Delete: node groups, then the cluster, then the object.
             clusters.delete("prod-1", &DeleteParams::default()).await.unwrap();
