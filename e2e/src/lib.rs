@@ -417,3 +417,44 @@ pub fn in_sync(cluster: &fleetforge_api::Cluster) -> bool {
                 .any(|c| c.type_ == fleetforge_api::condition::READY && c.status == "True")
     })
 }
+
+/// Creates a cloud account for the tests in `namespace`: the Secret
+/// `<provider>-credentials` holding `secret` under `key`, and the
+/// ProviderConfig `<namespace>-<provider>` reading it, polling every second,
+/// with `spec` merged over that (endpoint, defaults, rateLimit, ...).
+pub async fn create_account(
+    client: &Client,
+    namespace: &str,
+    provider: &str,
+    key: &str,
+    secret: &str,
+    spec: serde_json::Value,
+) -> fleetforge_api::ProviderConfig {
+    let secret_name = format!("{provider}-credentials");
+    let object: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": secret_name},
+        "stringData": {key: secret},
+    }))
+    .expect("a valid Secret");
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &object)
+        .await
+        .expect("the Secret is created");
+    let mut merged = json!({
+        "provider": provider,
+        "pollInterval": "1s",
+        "credentials": {"source": "Secret", "secretRef": {"namespace": namespace, "name": secret_name, "key": key}},
+    });
+    if let (Some(merged), Some(spec)) = (merged.as_object_mut(), spec.as_object()) {
+        merged.extend(spec.clone());
+    }
+    let config: fleetforge_api::ProviderConfig = serde_json::from_value(json!({
+        "metadata": {"name": format!("{namespace}-{provider}")},
+        "spec": merged,
+    }))
+    .expect("a valid ProviderConfig");
+    Api::<fleetforge_api::ProviderConfig>::all(client.clone())
+        .create(&PostParams::default(), &config)
+        .await
+        .expect("the ProviderConfig is created")
+}

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use fleetforge_api::{Cluster, ProviderConfig};
 use fleetforge_e2e::{
-    Controller, assert_nowhere, assert_rate_limited, await_cluster, await_event, in_sync, install,
-    service_account_kubeconfig,
+    Controller, assert_nowhere, assert_rate_limited, await_cluster, await_event, create_account,
+    in_sync, install, service_account_kubeconfig,
 };
 use fleetforge_provider_azure_aks::fake::{CLIENT_SECRET, FakeAks};
 use fleetforge_testenv::{await_condition, shared};
@@ -42,25 +42,11 @@ async fn an_aks_cluster_lives_scales_upgrades_is_corrected_and_goes() {
         .with_temp_ns(|client, ns| async move {
             let kubeconfig = service_account_kubeconfig(shared(), &client, &ns, &work.path().join("sa.kubeconfig")).await;
             let controller = Controller::start(&kubeconfig, &ns, &work.path().join("controller.log"));
-            let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-            let secret: Secret = serde_json::from_value(json!({
-                "metadata": {"name": "azure-credentials"},
-                "stringData": {"credentials.json": fake.secret_json()},
+            create_account(&client, &ns, "azure", "credentials.json", &fake.secret_json(), json!({
+                "endpoint": endpoint,
+                "defaults": {"region": "westeurope", "resourceGroup": RESOURCE_GROUP},
             }))
-            .unwrap();
-            secrets.create(&PostParams::default(), &secret).await.unwrap();
-            let config: ProviderConfig = serde_json::from_value(json!({
-                "metadata": {"name": format!("{ns}-azure")},
-                "spec": {
-                    "provider": "azure",
-                    "endpoint": endpoint,
-                    "pollInterval": "1s",
-                    "defaults": {"region": "westeurope", "resourceGroup": RESOURCE_GROUP},
-                    "credentials": {"source": "Secret", "secretRef": {"namespace": ns, "name": "azure-credentials", "key": "credentials.json"}},
-                },
-            }))
-            .unwrap();
-            Api::<ProviderConfig>::all(client.clone()).create(&PostParams::default(), &config).await.unwrap();
+            .await;
 
             let clusters: Api<Cluster> = Api::namespaced(client.clone(), &ns);
             let cluster: Cluster = serde_json::from_value(json!({
@@ -81,7 +67,7 @@ async fn an_aks_cluster_lives_scales_upgrades_is_corrected_and_goes() {
             assert_eq!(status.region.as_deref(), Some("westeurope"));
             assert!(status.version.as_deref().is_some_and(|v| v.starts_with("1.30")), "{status:?}");
             assert!(status.endpoint.is_some_and(|e| e.starts_with("https://")));
-            assert!(secrets.get("analytics-kubeconfig").await.is_ok(), "the connection Secret is written");
+            assert!(Api::<Secret>::namespaced(client.clone(), &ns).get("analytics-kubeconfig").await.is_ok(), "the connection Secret is written");
 
             // Scale, then upgrade the control plane and the pool.
             clusters
@@ -132,25 +118,12 @@ async fn aks_calls_keep_to_the_account_rate_limit() {
         .with_temp_ns(|client, ns| async move {
             let kubeconfig = service_account_kubeconfig(shared(), &client, &ns, &work.path().join("sa.kubeconfig")).await;
             let controller = Controller::start(&kubeconfig, &ns, &work.path().join("controller.log"));
-            let secret: Secret = serde_json::from_value(json!({
-                "metadata": {"name": "azure-credentials"},
-                "stringData": {"credentials.json": credentials},
+            create_account(&client, &ns, "azure", "credentials.json", &credentials, json!({
+                "endpoint": endpoint,
+                "rateLimit": {"qps": 2.0, "burst": 2},
+                "defaults": {"region": "westeurope", "resourceGroup": RESOURCE_GROUP},
             }))
-            .unwrap();
-            Api::<Secret>::namespaced(client.clone(), &ns).create(&PostParams::default(), &secret).await.unwrap();
-            let config: ProviderConfig = serde_json::from_value(json!({
-                "metadata": {"name": format!("{ns}-azure")},
-                "spec": {
-                    "provider": "azure",
-                    "endpoint": endpoint,
-                    "pollInterval": "1s",
-                    "rateLimit": {"qps": 2.0, "burst": 2},
-                    "defaults": {"region": "westeurope", "resourceGroup": RESOURCE_GROUP},
-                    "credentials": {"source": "Secret", "secretRef": {"namespace": ns, "name": "azure-credentials", "key": "credentials.json"}},
-                },
-            }))
-            .unwrap();
-            Api::<ProviderConfig>::all(client.clone()).create(&PostParams::default(), &config).await.unwrap();
+            .await;
             assert_rate_limited(
                 &client,
                 &ns,

@@ -16,8 +16,8 @@ use aws_sdk_eks::types::NodegroupScalingConfig;
 use fleetforge_api::{Cluster, ProviderConfig};
 use fleetforge_core::Credentials;
 use fleetforge_e2e::{
-    Controller, assert_nowhere, assert_rate_limited, await_cluster, await_event, in_sync, install,
-    service_account_kubeconfig,
+    Controller, assert_nowhere, assert_rate_limited, await_cluster, await_event, create_account,
+    in_sync, install, service_account_kubeconfig,
 };
 use fleetforge_provider_aws_eks::EksCloud;
 use fleetforge_testenv::eks_upgrades::EksUpgradeStub;
@@ -59,28 +59,12 @@ async fn an_eks_cluster_on_moto_lives_scales_is_corrected_and_goes() {
             let kubeconfig = service_account_kubeconfig(shared(), &client, &ns, &work.path().join("sa.kubeconfig")).await;
             let controller = Controller::start(&kubeconfig, &ns, &work.path().join("controller.log"));
 
-            let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-            let secret: Secret = serde_json::from_value(json!({
-                "metadata": {"name": "aws-credentials"},
-                "stringData": {"credentials": credentials()},
+            let config = create_account(&client, &ns, "aws", "credentials", &credentials(), json!({
+                "endpoint": endpoint,
+                "pollInterval": "2s",
+                "defaults": {"region": "us-east-1"},
             }))
-            .unwrap();
-            secrets.create(&PostParams::default(), &secret).await.unwrap();
-            let config: ProviderConfig = serde_json::from_value(json!({
-                "metadata": {"name": format!("{ns}-aws")},
-                "spec": {
-                    "provider": "aws",
-                    "endpoint": endpoint,
-                    "pollInterval": "2s",
-                    "defaults": {"region": "us-east-1"},
-                    "credentials": {"source": "Secret", "secretRef": {"namespace": ns, "name": "aws-credentials", "key": "credentials"}},
-                },
-            }))
-            .unwrap();
-            Api::<ProviderConfig>::all(client.clone())
-                .create(&PostParams::default(), &config)
-                .await
-                .unwrap();
+            .await;
 
             let clusters: Api<Cluster> = Api::namespaced(client.clone(), &ns);
             let cluster: Cluster = serde_json::from_value(json!({
@@ -109,6 +93,7 @@ async fn an_eks_cluster_on_moto_lives_scales_is_corrected_and_goes() {
             assert_eq!(status.region.as_deref(), Some("us-east-1"));
             assert_eq!(status.version.as_deref(), Some("1.30"));
             assert!(status.endpoint.is_some_and(|e| e.starts_with("https://")));
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
             let connection = secrets.get("prod-1-kubeconfig").await.unwrap();
             let kubeconfig = String::from_utf8(connection.data.unwrap()["value"].0.clone()).unwrap();
             assert!(kubeconfig.contains("k8s-aws-v1."), "an in-process EKS token");
@@ -205,33 +190,30 @@ async fn eks_calls_keep_to_the_account_rate_limit() {
     let endpoint = moto.url().to_string();
     shared()
         .with_temp_ns(|client, ns| async move {
-            let kubeconfig = service_account_kubeconfig(shared(), &client, &ns, &work.path().join("sa.kubeconfig")).await;
-            let controller = Controller::start(&kubeconfig, &ns, &work.path().join("controller.log"));
-            let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-            let secret: Secret = serde_json::from_value(json!({
-                "metadata": {"name": "aws-credentials"},
-                "stringData": {"credentials": credentials()},
-            }))
-            .unwrap();
-            secrets.create(&PostParams::default(), &secret).await.unwrap();
+            let kubeconfig = service_account_kubeconfig(
+                shared(),
+                &client,
+                &ns,
+                &work.path().join("sa.kubeconfig"),
+            )
+            .await;
+            let controller =
+                Controller::start(&kubeconfig, &ns, &work.path().join("controller.log"));
             // Two calls a second for the whole account, polled every second
             // by six clusters: without the limit they would make 6+ a second.
-            let config: ProviderConfig = serde_json::from_value(json!({
-                "metadata": {"name": format!("{ns}-aws")},
-                "spec": {
-                    "provider": "aws",
+            create_account(
+                &client,
+                &ns,
+                "aws",
+                "credentials",
+                &credentials(),
+                json!({
                     "endpoint": endpoint,
-                    "pollInterval": "1s",
                     "rateLimit": {"qps": 2.0, "burst": 2},
                     "defaults": {"region": "us-east-1"},
-                    "credentials": {"source": "Secret", "secretRef": {"namespace": ns, "name": "aws-credentials", "key": "credentials"}},
-                },
-            }))
-            .unwrap();
-            Api::<ProviderConfig>::all(client.clone())
-                .create(&PostParams::default(), &config)
-                .await
-                .unwrap();
+                }),
+            )
+            .await;
             assert_rate_limited(
                 &client,
                 &ns,
