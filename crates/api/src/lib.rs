@@ -46,6 +46,10 @@ pub mod annotation {
     pub const CREATE_SUCCEEDED: &str = "fleetforge.dev/create-succeeded";
     /// When the last create call failed.
     pub const CREATE_FAILED: &str = "fleetforge.dev/create-failed";
+    /// On a ToolInstall, `"true"`: targets that cannot be reached are
+    /// dropped without uninstalling (on deletion, or when they leave the
+    /// selection), so that the finalizer never hangs on a lost cluster.
+    pub const FORCE_REMOVE: &str = "fleetforge.dev/force-remove";
 }
 
 /// Labels fleetforge puts on the objects it creates.

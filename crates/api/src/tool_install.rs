@@ -7,7 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{DriftPolicy, Reference, conditions_schema, free_form_object};
+use crate::common::{DriftPolicy, DriftStatus, Reference, conditions_schema, free_form_object};
 use crate::tool_set::Tool;
 
 /// Installs a ToolSet, or inline tools, onto every selected target and keeps
@@ -31,6 +31,11 @@ use crate::tool_set::Tool;
         name = "DEPLOYED",
         type_ = "integer",
         json_path = ".status.summary.deployed"
+    ),
+    printcolumn(
+        name = "PENDING",
+        type_ = "integer",
+        json_path = ".status.summary.pending"
     ),
     printcolumn(
         name = "FAILED",
@@ -92,6 +97,16 @@ pub struct ToolInstallSpec {
     #[serde(default = "default_max_concurrency")]
     #[schemars(range(min = 1, max = 100))]
     pub max_concurrency: i32,
+    /// How often every release is re-read and compared with what is
+    /// declared (the drift poll), as a Go duration; jittered by 10%.
+    #[serde(default = "default_poll_interval")]
+    #[schemars(regex(pattern = crate::common::DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("pollInterval must be at least 1s"))]
+    pub poll_interval: String,
+}
+
+fn default_poll_interval() -> String {
+    "60s".to_string()
 }
 
 fn default_max_concurrency() -> i32 {
@@ -181,6 +196,10 @@ pub enum ToolState {
     /// Installed, but the chart version or values differ from what is
     /// declared (common values merged with the target's overrides).
     Stale,
+    /// Installed as declared, but its live objects differ from the release's
+    /// manifest (changed or deleted out of band); corrected unless
+    /// `driftPolicy` is `Report`.
+    Drifted,
     /// Not installed.
     NotInstalled,
     /// The last install or upgrade failed; the message says why.
@@ -213,6 +232,10 @@ pub struct ToolInstallStatus {
     /// With `dryRun`: what would change.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plan: Vec<PlannedChange>,
+    /// The last drift found, as `<target>/<tool>: <object> <field>: chart
+    /// X, live Y`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftStatus>,
 }
 
 /// Counts of targets by their worst tool state.
@@ -225,6 +248,9 @@ pub struct ToolInstallSummary {
     pub deployed: i32,
     /// Targets with a stale tool.
     pub stale: i32,
+    /// Targets with a drifted tool.
+    #[serde(default)]
+    pub drifted: i32,
     /// Targets with a failed tool.
     pub failed: i32,
     /// Targets still pending.
@@ -263,6 +289,9 @@ pub struct ToolStatus {
     /// Why the tool is in this state (Helm's message when it failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// For `DRIFTED`: the live objects and fields that differ.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
     /// When the state last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,

@@ -62,8 +62,19 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                 // Validate ToolSets and report their install order.
                 rule("fleetforge.dev", &["toolsets"], &["get", "list", "watch"]),
                 rule("fleetforge.dev", &["toolsets/status"], &["patch"]),
-                // Read credentials; write and remove connection Secrets.
+                // Install tools: ToolInstalls' finalizer and status; a
+                // Cluster's profile creates, updates and deletes its own.
+                rule(
+                    "fleetforge.dev",
+                    &["toolinstalls"],
+                    &["get", "list", "watch", "create", "patch", "delete"],
+                ),
+                rule("fleetforge.dev", &["toolinstalls/status"], &["patch"]),
+                // Read credentials and targets' kubeconfigs; write and
+                // remove connection Secrets.
                 rule("", &["secrets"], &["get", "create", "patch", "delete"]),
+                // Tool values from ConfigMaps (`valuesFrom`).
+                rule("", &["configmaps"], &["get"]),
                 // Events for `kubectl describe`, and their series counts.
                 rule("events.k8s.io", &["events"], &["create", "patch"]),
             ],

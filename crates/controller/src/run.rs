@@ -44,8 +44,9 @@ pub struct ControllerArgs {
     #[arg(long, default_value_t = 32)]
     pub concurrency: u16,
     /// Where the local provider finds kwokctl, kwok, etcd, kube-apiserver,
-    /// kube-controller-manager, kube-scheduler and kubectl (the directory
-    /// `scripts/install-tools` fills).
+    /// kube-controller-manager, kube-scheduler and kubectl, and tools find
+    /// helm (the directory `scripts/install-tools` fills; helm falls back
+    /// to `PATH`).
     #[arg(long, env = "FLEETFORGE_TOOLS_BIN", default_value = ".tools/bin")]
     pub tools_bin: PathBuf,
     /// Where the local provider keeps its clusters (default:
@@ -70,6 +71,16 @@ impl ControllerArgs {
     }
 }
 
+/// `helm` from the tools directory, else from `PATH`.
+fn helm_binary(tools_bin: &Path) -> PathBuf {
+    let pinned = absolute(&tools_bin.join("helm"));
+    if pinned.is_file() {
+        pinned
+    } else {
+        PathBuf::from("helm")
+    }
+}
+
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
@@ -82,6 +93,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         .context("connecting to Kubernetes (KUBECONFIG, ~/.kube/config or in-cluster)")?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
+    let tool_metrics = Arc::new(fleetforge_tools::ToolMetrics::register(&mut registry));
     let health = Arc::new(Health {
         ready: AtomicBool::new(false),
         registry,
@@ -129,6 +141,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let lost = Arc::new(AtomicBool::new(false));
     let (engine_stop, engine_stopped) = tokio::sync::oneshot::channel::<()>();
     let (toolsets_stop, toolsets_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (installs_stop, installs_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (profiles_stop, profiles_stopped) = tokio::sync::oneshot::channel::<()>();
     {
         let candidate = candidate.clone();
         let lost = lost.clone();
@@ -143,6 +157,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             }
             let _ = engine_stop.send(());
             let _ = toolsets_stop.send(());
+            let _ = installs_stop.send(());
+            let _ = profiles_stop.send(());
         });
     }
     let shutdown = async move {
@@ -160,6 +176,21 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let toolsets = fleetforge_core::toolset::run(client.clone(), async move {
         let _ = toolsets_stopped.await;
     });
+    let installs = fleetforge_tools::run(
+        client.clone(),
+        fleetforge_tools::ToolOptions {
+            helm: helm_binary(&args.tools_bin),
+            namespace: args.namespace.clone(),
+            concurrency: args.concurrency,
+        },
+        tool_metrics,
+        async move {
+            let _ = installs_stopped.await;
+        },
+    );
+    let profiles = fleetforge_tools::profile::run(client.clone(), args.namespace.clone(), async move {
+        let _ = profiles_stopped.await;
+    });
     let clusters = fleetforge_core::run::<Cluster>(
         client,
         crate::providers::clusters(&args.local()),
@@ -167,7 +198,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         options,
         shutdown,
     );
-    tokio::join!(clusters, toolsets);
+    let (_, _, installs, _) = tokio::join!(clusters, toolsets, installs, profiles);
+    if let Err(e) = installs {
+        anyhow::bail!("the ToolInstall controller could not start: {e}");
+    }
 
     if lost.load(Ordering::Relaxed) {
         anyhow::bail!(

@@ -1,0 +1,154 @@
+//! `Cluster.spec.profile`: a Cluster naming a ToolSet gets a ToolInstall of
+//! that set, owned by the Cluster, once it is Ready; it goes when the
+//! profile is removed or the Cluster is deleted.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetforge_api::{Cluster, ToolInstall, condition, label};
+use fleetforge_core::conditions;
+use futures::StreamExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{Value, json};
+
+/// The field manager of profile ToolInstalls (their spec belongs to the
+/// Cluster's profile, not to the ToolInstall reconciler).
+const FIELD_MANAGER: &str = "fleetforge-profile";
+
+/// Label on a profile ToolInstall naming its Cluster.
+pub const PROFILE_OF: &str = "fleetforge.dev/profile-of";
+
+/// The name of the ToolInstall a Cluster's profile creates.
+pub fn install_name(cluster: &str) -> String {
+    format!("{cluster}-profile")
+}
+
+/// Runs until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    namespace: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let clusters: Api<Cluster> = match &namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    let (store, writer) = reflector::store::<Cluster>();
+    let events = watcher(clusters, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(profile_hash, Default::default());
+    Controller::for_stream(events, store)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, Arc::new(client))
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+fn profile_hash(cluster: &Cluster) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    cluster.spec.profile.hash(&mut hasher);
+    ready(cluster).hash(&mut hasher);
+    cluster.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+fn ready(cluster: &Cluster) -> bool {
+    cluster
+        .status
+        .as_ref()
+        .is_some_and(|s| conditions::is_true(&s.conditions, condition::READY))
+}
+
+async fn reconcile(cluster: Arc<Cluster>, client: Arc<Client>) -> Result<Action, kube::Error> {
+    let namespace = cluster.namespace().unwrap_or_default();
+    let name = cluster.name_any();
+    let installs: Api<ToolInstall> = Api::namespaced((*client).clone(), &namespace);
+    let install = install_name(&name);
+    match (&cluster.spec.profile, cluster.metadata.deletion_timestamp.is_some()) {
+        (Some(profile), false) => {
+            // Created once the cluster is Ready; kept (and kept in step with
+            // the profile) afterwards, even while the cluster is not Ready,
+            // so that its status shows the targets as UNKNOWN.
+            let exists = installs.get_opt(&install).await?.is_some();
+            if ready(&cluster) || exists {
+                installs
+                    .patch(
+                        &install,
+                        &PatchParams::apply(FIELD_MANAGER).force(),
+                        &Patch::Apply(desired(&cluster, profile)),
+                    )
+                    .await?;
+            }
+        }
+        _ => {
+            if let Some(existing) = installs.get_opt(&install).await?
+                && existing.labels().get(PROFILE_OF) == Some(&name)
+            {
+                installs.delete(&install, &DeleteParams::default()).await?;
+            }
+        }
+    }
+    Ok(Action::await_change())
+}
+
+/// The profile ToolInstall of `cluster`.
+pub fn desired(cluster: &Cluster, profile: &str) -> Value {
+    let name = cluster.name_any();
+    let owner = cluster.controller_owner_ref(&()).map(|mut o| {
+        o.block_owner_deletion = Some(true);
+        o
+    });
+    json!({
+        "apiVersion": "fleetforge.dev/v1alpha1",
+        "kind": "ToolInstall",
+        "metadata": {
+            "name": install_name(&name),
+            "labels": {
+                label::MANAGED_BY: "fleetforge",
+                label::INSTANCE: name,
+                PROFILE_OF: name,
+            },
+            "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
+        },
+        "spec": {
+            "toolSetRef": {"name": profile},
+            "targets": {"clusterNames": [name]},
+        },
+    })
+}
+
+fn error_policy(cluster: Arc<Cluster>, error: &kube::Error, _: Arc<Client>) -> Action {
+    tracing::warn!(cluster = %cluster.name_any(), "profile: {error}");
+    Action::requeue(Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_profile_install_targets_its_cluster_and_is_owned_by_it() {
+        let cluster: Cluster = serde_json::from_value(json!({
+            "metadata": {"name": "dev-1", "namespace": "platform", "uid": "u-1"},
+            "spec": {"providerConfigRef": {"name": "local"}, "profile": "dev"},
+        }))
+        .unwrap();
+        let install = desired(&cluster, "dev");
+        assert_eq!(install["metadata"]["name"], "dev-1-profile");
+        assert_eq!(install["spec"]["toolSetRef"]["name"], "dev");
+        assert_eq!(install["spec"]["targets"]["clusterNames"], json!(["dev-1"]));
+        let owner = &install["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["kind"], "Cluster");
+        assert_eq!(owner["uid"], "u-1");
+        assert_eq!(owner["controller"], true);
+        assert_eq!(install["metadata"]["labels"][PROFILE_OF], "dev-1");
+        let typed: ToolInstall = serde_json::from_value(install).unwrap();
+        assert_eq!(typed.spec.max_concurrency, 5);
+    }
+}
