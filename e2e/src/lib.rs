@@ -188,6 +188,17 @@ impl Controller {
     /// Starts the controller for `namespace` with `kubeconfig`, its lease in
     /// `namespace`, logging to `log`.
     pub fn start(kubeconfig: &Path, namespace: &str, log: &Path) -> Self {
+        Self::start_with_env(kubeconfig, namespace, log, &[])
+    }
+
+    /// As [`Controller::start`], with more environment (for example
+    /// `FLEETFORGE_LOCAL_WORK_DIR`).
+    pub fn start_with_env(
+        kubeconfig: &Path,
+        namespace: &str,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let port = free_port().unwrap();
         let args = vec![
             "controller".to_string(),
@@ -196,14 +207,11 @@ impl Controller {
             format!("--metrics-addr=127.0.0.1:{port}"),
         ];
         let kubeconfig = kubeconfig.to_string_lossy().to_string();
-        let process = OwnedProcess::spawn_with_env(
-            "fleetforge",
-            &fleetforge_bin(),
-            &args,
-            &[("KUBECONFIG", &kubeconfig), ("RUST_LOG", "info")],
-            log,
-        )
-        .unwrap();
+        let mut all_env = vec![("KUBECONFIG", kubeconfig.as_str()), ("RUST_LOG", "info")];
+        all_env.extend_from_slice(env);
+        let process =
+            OwnedProcess::spawn_with_env("fleetforge", &fleetforge_bin(), &args, &all_env, log)
+                .unwrap();
         Self { process, port }
     }
 

@@ -289,10 +289,19 @@ async fn reconcile(ti: Arc<ToolInstall>, ctx: Arc<Context>) -> Result<Action, Er
         .buffer_unordered(concurrency)
         .collect()
         .await;
-    reports.extend(removals.into_iter().filter(|r| !r.removed));
+    // A target that is gone keeps no status, but its events are told.
+    let mut gone_events = Vec::new();
+    for mut removal in removals {
+        if removal.removed {
+            gone_events.append(&mut removal.events);
+        } else {
+            reports.push(removal);
+        }
+    }
     reports.sort_by(|a, b| a.status.name.cmp(&b.status.name));
 
-    let outcome = Outcome::from_reports(reports);
+    let mut outcome = Outcome::from_reports(reports);
+    outcome.events.extend(gone_events);
     let requeue = outcome.requeue(pass.poll_interval());
     for (type_, reason, note) in &outcome.events {
         ctx.recorder
@@ -318,7 +327,12 @@ async fn finalize(ti: &ToolInstall, ctx: &Context, api: &Api<ToolInstall>) -> Re
         let cluster = clusters
             .iter()
             .find(|c| c.name_any() == target.name && c.metadata.deletion_timestamp.is_none());
-        let report = pass.remove_target(target, cluster, &tools).await;
+        let mut report = pass.remove_target(target, cluster, &tools).await;
+        for (type_, reason, note) in report.events.drain(..) {
+            ctx.recorder
+                .publish(&ti.object_ref(&()), type_, reason, "Delete", &note)
+                .await?;
+        }
         if !report.removed {
             remaining.push(report);
         }

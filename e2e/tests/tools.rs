@@ -1,0 +1,515 @@
+//! Tools on real local clusters, through the built controller running under
+//! its RBAC: a ToolSet installed by a ToolInstall onto labelled clusters,
+//! with templated values, per-cluster overrides and values from a Secret;
+//! dependsOn order; suspend shows STALE; a dry run plans and changes
+//! nothing; drift corrected or only reported; a chart failing on one target
+//! only; targets joining and leaving the selection; deletion uninstalling
+//! everywhere; an unreachable target UNKNOWN and forced out; a Cluster's
+//! profile.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use fleetforge_api::tool_install::ToolStatus;
+use fleetforge_api::{Cluster, ToolInstall, ToolState, annotation, condition};
+use fleetforge_e2e::{Controller, await_event, install, run_ok, service_account_kubeconfig, workspace_root};
+use fleetforge_testenv::{await_condition, pids_mentioning, shared, tools};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+/// Kills the local clusters' processes when a test ends, also on failure.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for pid in pids_mentioning(&self.0.display().to_string()) {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).output();
+        }
+    }
+}
+
+/// The controller under its RBAC, with local clusters kept in `work`.
+async fn start(client: &Client, ns: &str, work: &Path) -> Controller {
+    let kubeconfig = service_account_kubeconfig(shared(), client, ns, &work.join("sa.kubeconfig")).await;
+    let tools_bin = workspace_root().join(".tools/bin");
+    let clusters = work.join("clusters");
+    Controller::start_with_env(
+        &kubeconfig,
+        ns,
+        &work.join("controller.log"),
+        &[
+            ("FLEETFORGE_TOOLS_BIN", &tools_bin.display().to_string()),
+            ("FLEETFORGE_LOCAL_WORK_DIR", &clusters.display().to_string()),
+        ],
+    )
+}
+
+async fn apply(client: &Client, ns: Option<&str>, object: Value) {
+    let kind = object["kind"].as_str().unwrap().to_string();
+    let name = object["metadata"]["name"].as_str().unwrap().to_string();
+    let params = PatchParams::apply("e2e").force();
+    let resource = match kind.as_str() {
+        "ProviderConfig" => kube::api::ApiResource::erase::<fleetforge_api::ProviderConfig>(&()),
+        "Cluster" => kube::api::ApiResource::erase::<Cluster>(&()),
+        "ToolSet" => kube::api::ApiResource::erase::<fleetforge_api::ToolSet>(&()),
+        "ToolInstall" => kube::api::ApiResource::erase::<ToolInstall>(&()),
+        other => panic!("apply does not know {other}"),
+    };
+    let api: Api<kube::api::DynamicObject> = match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    api.patch(&name, &params, &Patch::Apply(&object))
+        .await
+        .unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"));
+}
+
+async fn local_clusters(client: &Client, ns: &str, names: &[(&str, Value)]) {
+    apply(
+        client,
+        None,
+        json!({
+            "apiVersion": "fleetforge.dev/v1alpha1", "kind": "ProviderConfig",
+            "metadata": {"name": format!("local-{ns}")},
+            "spec": {"provider": "local", "pollInterval": "5s", "defaults": {"region": "local"}},
+        }),
+    )
+    .await;
+    for (name, labels) in names {
+        apply(
+            client,
+            Some(ns),
+            json!({
+                "apiVersion": "fleetforge.dev/v1alpha1", "kind": "Cluster",
+                "metadata": {"name": name, "labels": labels},
+                "spec": {
+                    "providerConfigRef": {"name": format!("local-{ns}")},
+                    "version": "1.36",
+                    "nodePools": [{"name": "workers", "machineType": "standard-2", "min": 1, "max": 1}],
+                },
+            }),
+        )
+        .await;
+    }
+}
+
+async fn await_clusters_ready(client: &Client, ns: &str, names: &[&str], controller: &Controller) {
+    let api: Api<Cluster> = Api::namespaced(client.clone(), ns);
+    for name in names {
+        fleetforge_e2e::await_cluster(&api, name, "the local cluster to be Ready", controller, |c| {
+            c.status
+                .as_ref()
+                .is_some_and(|s| fleetforge_core::conditions::is_true(&s.conditions, condition::READY))
+        })
+        .await;
+    }
+}
+
+async fn delete_clusters(client: &Client, ns: &str, names: &[&str]) {
+    let api: Api<Cluster> = Api::namespaced(client.clone(), ns);
+    for name in names {
+        let _ = api.delete(name, &DeleteParams::default()).await;
+    }
+    for name in names {
+        let gone = await_condition(&api, name, "the cluster to be deleted", WAIT, |c: Option<&Cluster>| c.is_none()).await;
+        assert!(gone.is_ok(), "{gone:?}");
+    }
+}
+
+/// Waits for the ToolInstall to satisfy `done`, panicking with its status
+/// and the controller's log.
+async fn await_install(
+    api: &Api<ToolInstall>,
+    name: &str,
+    what: &str,
+    controller: &Controller,
+    done: impl Fn(&ToolInstall) -> bool,
+) -> ToolInstall {
+    let found = await_condition(api, name, what, WAIT, |ti: Option<&ToolInstall>| ti.is_some_and(&done)).await;
+    match found {
+        Ok(ti) => ti.expect("the ToolInstall exists"),
+        Err(e) => panic!("{e}\ncontroller log:\n{}", controller.process.log_tail()),
+    }
+}
+
+fn tool<'a>(ti: &'a ToolInstall, target: &str, tool: &str) -> Option<&'a ToolStatus> {
+    ti.status
+        .as_ref()?
+        .targets
+        .iter()
+        .find(|t| t.name == target)?
+        .tools
+        .iter()
+        .find(|t| t.name == tool)
+}
+
+fn state(ti: &ToolInstall, target: &str, name: &str) -> Option<ToolState> {
+    tool(ti, target, name).map(|t| t.state)
+}
+
+fn all_deployed(ti: &ToolInstall, targets: &[&str]) -> bool {
+    let Some(status) = ti.status.as_ref() else { return false };
+    status.observed_generation == ti.metadata.generation
+        && status.targets.len() == targets.len()
+        && status.targets.iter().all(|t| {
+            targets.contains(&t.name.as_str()) && !t.tools.is_empty() && t.tools.iter().all(|s| s.state == ToolState::Deployed)
+        })
+}
+
+/// The kubeconfig of a local cluster from its connection Secret, as a file.
+async fn target_kubeconfig(client: &Client, ns: &str, cluster: &str, work: &Path) -> PathBuf {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = secrets.get(&format!("{cluster}-kubeconfig")).await.unwrap();
+    let path = work.join(format!("{cluster}.kubeconfig"));
+    std::fs::write(&path, &secret.data.unwrap()["value"].0).unwrap();
+    path
+}
+
+async fn target_client(kubeconfig: &Path) -> Client {
+    let text = std::fs::read_to_string(kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::from_yaml(&text).unwrap(), &Default::default())
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+fn helm(kubeconfig: &Path, args: &[&str]) -> String {
+    let home = kubeconfig.parent().unwrap().join("helm-home");
+    let output = run_ok(
+        Command::new(tools::binary("helm").expect("helm is built"))
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data")),
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The user-supplied values of a release, as `helm get values` shows them.
+fn release_values(kubeconfig: &Path, release: &str, namespace: &str) -> Value {
+    serde_json::from_str(&helm(kubeconfig, &["get", "values", release, "-n", namespace, "-o", "json"])).unwrap()
+}
+
+fn release_names(kubeconfig: &Path) -> Vec<String> {
+    let list: Value = serde_json::from_str(&helm(kubeconfig, &["list", "-A", "-o", "json"])).unwrap();
+    let mut names: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+fn chart(name: &str) -> Value {
+    json!({"path": workspace_root().join("e2e/charts").join(name).display().to_string()})
+}
+
+/// widgets (a CRD and an operator), then web (which creates a Widget, so it
+/// fails unless widgets came first).
+fn toolset(name: &str) -> Value {
+    json!({
+        "apiVersion": "fleetforge.dev/v1alpha1", "kind": "ToolSet",
+        "metadata": {"name": name},
+        "spec": {"tools": [
+            {"name": "web", "chart": chart("web"), "namespace": "apps", "dependsOn": ["widgets"],
+             "values": {"greeting": "hello"},
+             "health": [{"kind": "Deployment", "name": "web"}]},
+            {"name": "widgets", "chart": chart("widgets"),
+             "health": [{"kind": "CustomResourceDefinition", "name": "widgets.e2e.fleetforge.dev"},
+                        {"kind": "Deployment", "name": "widget-operator"}]},
+        ]},
+    })
+}
+
+async fn patch_spec(api: &Api<ToolInstall>, name: &str, spec: Value) {
+    api.patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": spec})))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_toolset_reaches_every_selected_cluster_and_stays_as_declared() {
+    install();
+    let work = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(work.path().to_path_buf());
+    shared()
+        .with_temp_ns(|client, ns| async move {
+            let controller = start(&client, &ns, work.path()).await;
+            let names = ["web-a", "web-b", "web-c"];
+            local_clusters(
+                &client,
+                &ns,
+                &[("web-a", json!({"tools": "yes"})), ("web-b", json!({"tools": "yes"})), ("web-c", json!({}))],
+            )
+            .await;
+            let set = format!("web-{ns}");
+            apply(&client, None, toolset(&set)).await;
+            // A credential-like value comes from a Secret, never the spec.
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+            let secret: Secret = serde_json::from_value(json!({
+                "metadata": {"name": "web-values"},
+                "stringData": {"values.yaml": "apiToken: s3cr3t-from-secret\n"},
+            }))
+            .unwrap();
+            secrets.create(&PostParams::default(), &secret).await.unwrap();
+            apply(
+                &client,
+                Some(&ns),
+                json!({
+                    "apiVersion": "fleetforge.dev/v1alpha1", "kind": "ToolInstall",
+                    "metadata": {"name": "web"},
+                    "spec": {
+                        "toolSetRef": {"name": set},
+                        "targets": {"clusterSelector": {"matchLabels": {"tools": "yes"}}},
+                        "values": {"web": {"host": "{{ cluster.name }}.{{ cluster.namespace }}.example.com"}},
+                        "valueOverrides": [{"cluster": "web-a", "tool": "web", "values": {"replicas": 2}}],
+                        "valuesFrom": [{"tool": "web", "kind": "Secret", "name": "web-values"}],
+                        "pollInterval": "2s",
+                    },
+                }),
+            )
+            .await;
+            await_clusters_ready(&client, &ns, &names, &controller).await;
+            let installs: Api<ToolInstall> = Api::namespaced(client.clone(), &ns);
+            let ti = await_install(&installs, "web", "both labelled clusters to be DEPLOYED", &controller, |ti| {
+                all_deployed(ti, &["web-a", "web-b"])
+            })
+            .await;
+            let summary = ti.status.as_ref().unwrap().summary.clone().unwrap();
+            assert_eq!((summary.targets, summary.deployed, summary.failed), (2, 2, 0));
+            assert_eq!(tool(&ti, "web-a", "web").unwrap().chart_version.as_deref(), Some("0.2.0"));
+
+            // Every release carries the merged, templated values.
+            let kubeconfig_a = target_kubeconfig(&client, &ns, "web-a", work.path()).await;
+            let kubeconfig_b = target_kubeconfig(&client, &ns, "web-b", work.path()).await;
+            let kubeconfig_c = target_kubeconfig(&client, &ns, "web-c", work.path()).await;
+            assert_eq!(
+                release_values(&kubeconfig_a, "web", "apps"),
+                json!({"greeting": "hello", "host": format!("web-a.{ns}.example.com"), "replicas": 2, "apiToken": "s3cr3t-from-secret"})
+            );
+            assert_eq!(
+                release_values(&kubeconfig_b, "web", "apps"),
+                json!({"greeting": "hello", "host": format!("web-b.{ns}.example.com"), "apiToken": "s3cr3t-from-secret"})
+            );
+            assert!(release_names(&kubeconfig_c).is_empty(), "web-c is not selected");
+            // The secret value stays out of the ToolInstall and its events.
+            let seen = serde_json::to_string(&installs.get("web").await.unwrap()).unwrap();
+            assert!(!seen.contains("s3cr3t"), "{seen}");
+
+            // dependsOn: the CRD existed before web's Widget was created.
+            let target_a = target_client(&kubeconfig_a).await;
+            let crd = Api::<CustomResourceDefinition>::all(target_a.clone())
+                .get("widgets.e2e.fleetforge.dev")
+                .await
+                .unwrap();
+            let web = Api::<Deployment>::namespaced(target_a.clone(), "apps").get("web").await.unwrap();
+            assert!(crd.creation_timestamp().unwrap().0 <= web.creation_timestamp().unwrap().0);
+            assert_eq!(web.spec.unwrap().replicas, Some(2));
+
+            // Suspended, a change of common values shows every target STALE.
+            patch_spec(&installs, "web", json!({"suspend": true, "values": {"web": {"greeting": "hola"}}})).await;
+            await_install(&installs, "web", "every target STALE while suspended", &controller, |ti| {
+                ti.status.as_ref().is_some_and(|s| s.observed_generation == ti.metadata.generation)
+                    && state(ti, "web-a", "web") == Some(ToolState::Stale)
+                    && state(ti, "web-b", "web") == Some(ToolState::Stale)
+            })
+            .await;
+            assert_eq!(release_values(&kubeconfig_a, "web", "apps")["greeting"], "hello");
+            // Resumed, every target is upgraded.
+            patch_spec(&installs, "web", json!({"suspend": false})).await;
+            await_install(&installs, "web", "the new values DEPLOYED", &controller, |ti| all_deployed(ti, &["web-a", "web-b"])).await;
+            assert_eq!(release_values(&kubeconfig_a, "web", "apps")["greeting"], "hola");
+            assert_eq!(release_values(&kubeconfig_b, "web", "apps")["greeting"], "hola");
+
+            // A dry run plans the upgrade with its values diff and changes nothing.
+            let revision = helm(&kubeconfig_b, &["history", "web", "-n", "apps", "--max", "1", "-o", "json"]);
+            patch_spec(&installs, "web", json!({"dryRun": true, "values": {"web": {"greeting": "salut"}}})).await;
+            let planned = await_install(&installs, "web", "a plan for both targets", &controller, |ti| {
+                ti.status.as_ref().is_some_and(|s| s.observed_generation == ti.metadata.generation && s.plan.len() == 2)
+            })
+            .await;
+            let plan = &planned.status.as_ref().unwrap().plan;
+            assert!(plan.iter().all(|p| p.tool == "web"), "{plan:?}");
+            let diff = plan[0].values_diff.as_deref().unwrap_or_default();
+            assert!(diff.contains("-greeting: hola") && diff.contains("+greeting: salut"), "{diff}");
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            assert_eq!(helm(&kubeconfig_b, &["history", "web", "-n", "apps", "--max", "1", "-o", "json"]), revision);
+            patch_spec(&installs, "web", json!({"dryRun": false})).await;
+            await_install(&installs, "web", "the dry-run values applied for real", &controller, |ti| {
+                all_deployed(ti, &["web-a", "web-b"]) && ti.status.as_ref().is_some_and(|s| s.plan.is_empty())
+            })
+            .await;
+
+            // Drift, Correct: a Deployment deleted out of band comes back.
+            let deployments_a: Api<Deployment> = Api::namespaced(target_a.clone(), "apps");
+            deployments_a.delete("web", &DeleteParams::default()).await.unwrap();
+            await_event(&client, &ns, "DriftCorrected", "Deployment/web: deleted", &controller).await;
+            let restored = await_condition(&deployments_a, "web", "web to be restored", WAIT, |d: Option<&Deployment>| d.is_some()).await;
+            assert!(restored.is_ok(), "{restored:?}");
+
+            // Drift, Report: a scaled Deployment is only reported.
+            patch_spec(&installs, "web", json!({"driftPolicy": "Report"})).await;
+            let target_b = target_client(&kubeconfig_b).await;
+            let deployments_b: Api<Deployment> = Api::namespaced(target_b.clone(), "apps");
+            deployments_b
+                .patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}})))
+                .await
+                .unwrap();
+            let drifted = await_install(&installs, "web", "web on web-b DRIFTED", &controller, |ti| {
+                state(ti, "web-b", "web") == Some(ToolState::Drifted)
+            })
+            .await;
+            let fields = &tool(&drifted, "web-b", "web").unwrap().drift;
+            assert_eq!(fields, &["Deployment/web spec.replicas: chart 1, live 3"]);
+            let status = drifted.status.as_ref().unwrap();
+            assert!(status.conditions.iter().any(|c| c.type_ == condition::DRIFTED && c.status == "True" && c.reason == "Reported"));
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            assert_eq!(deployments_b.get("web").await.unwrap().spec.unwrap().replicas, Some(3), "Report must not correct");
+            // Back to Correct: repaired.
+            patch_spec(&installs, "web", json!({"driftPolicy": "Correct"})).await;
+            await_install(&installs, "web", "the drift corrected", &controller, |ti| all_deployed(ti, &["web-a", "web-b"])).await;
+            assert_eq!(deployments_b.get("web").await.unwrap().spec.unwrap().replicas, Some(1));
+
+            // A chart failing on one target fails there only.
+            patch_spec(
+                &installs,
+                "web",
+                json!({"valueOverrides": [
+                    {"cluster": "web-a", "tool": "web", "values": {"replicas": 2}},
+                    {"cluster": "web-b", "tool": "web", "values": {"fail": "web refuses to run on web-b"}},
+                ]}),
+            )
+            .await;
+            let failed = await_install(&installs, "web", "web FAILED on web-b only", &controller, |ti| {
+                state(ti, "web-b", "web") == Some(ToolState::Failed) && state(ti, "web-a", "web") == Some(ToolState::Deployed)
+            })
+            .await;
+            let message = tool(&failed, "web-b", "web").unwrap().message.clone().unwrap_or_default();
+            assert!(message.contains("web refuses to run on web-b"), "{message}");
+            let status = failed.status.as_ref().unwrap();
+            assert_eq!(status.summary.as_ref().unwrap().failed, 1);
+            assert!(status.conditions.iter().any(|c| c.type_ == condition::SYNCED && c.status == "False"));
+            await_event(&client, &ns, "InstallFailed", "web refuses to run on web-b", &controller).await;
+            patch_spec(&installs, "web", json!({"valueOverrides": [{"cluster": "web-a", "tool": "web", "values": {"replicas": 2}}]})).await;
+            await_install(&installs, "web", "web-b recovered", &controller, |ti| all_deployed(ti, &["web-a", "web-b"])).await;
+
+            // Labelling a cluster brings the tools; unlabelling takes them away.
+            let clusters: Api<Cluster> = Api::namespaced(client.clone(), &ns);
+            clusters
+                .patch("web-c", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"tools": "yes"}}})))
+                .await
+                .unwrap();
+            clusters
+                .patch("web-b", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"tools": null}}})))
+                .await
+                .unwrap();
+            await_install(&installs, "web", "web-c in, web-b out", &controller, |ti| all_deployed(ti, &["web-a", "web-c"])).await;
+            assert_eq!(release_names(&kubeconfig_c), ["web", "widgets"]);
+            assert!(release_names(&kubeconfig_b).is_empty(), "{:?}", release_names(&kubeconfig_b));
+            await_event(&client, &ns, "Uninstalled", "web-b: uninstalled widgets", &controller).await;
+
+            // `kubectl get toolinstalls` shows the truth per target.
+            let table = fleetforge_e2e::kubectl(&fleetforge_e2e::admin_kubeconfig(), &["get", "toolinstalls", "-n", &ns]);
+            let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+            assert_eq!(header, ["NAME", "TARGETS", "DEPLOYED", "PENDING", "FAILED", "DRIFT", "AGE"]);
+            let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+            assert_eq!(&row[..6], ["web", "2", "2", "0", "0", "False"], "{table}");
+
+            // Deleting the ToolInstall uninstalls everywhere.
+            installs.delete("web", &DeleteParams::default()).await.unwrap();
+            let gone = await_condition(&installs, "web", "the ToolInstall to be deleted", WAIT, |ti: Option<&ToolInstall>| ti.is_none()).await;
+            assert!(gone.is_ok(), "{gone:?}\n{}", controller.process.log_tail());
+            assert!(release_names(&kubeconfig_a).is_empty());
+            assert!(release_names(&kubeconfig_c).is_empty());
+
+            delete_clusters(&client, &ns, &names).await;
+            let _ = Api::<fleetforge_api::ToolSet>::all(client.clone()).delete(&set, &DeleteParams::default()).await;
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_profile_installs_on_its_cluster_and_a_lost_cluster_can_be_forced_out() {
+    install();
+    let work = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(work.path().to_path_buf());
+    shared()
+        .with_temp_ns(|client, ns| async move {
+            let controller = start(&client, &ns, work.path()).await;
+            let set = format!("cache-{ns}");
+            apply(
+                &client,
+                None,
+                json!({
+                    "apiVersion": "fleetforge.dev/v1alpha1", "kind": "ToolSet",
+                    "metadata": {"name": set},
+                    "spec": {"tools": [{"name": "cache", "chart": chart("cache"), "health": [{"kind": "Deployment", "name": "cache"}]}]},
+                }),
+            )
+            .await;
+            local_clusters(&client, &ns, &[("lost", json!({}))]).await;
+            // A profile: the Cluster gets its own ToolInstall once Ready.
+            let clusters: Api<Cluster> = Api::namespaced(client.clone(), &ns);
+            clusters
+                .patch("lost", &PatchParams::default(), &Patch::Merge(json!({"spec": {"profile": set}})))
+                .await
+                .unwrap();
+            await_clusters_ready(&client, &ns, &["lost"], &controller).await;
+            let installs: Api<ToolInstall> = Api::namespaced(client.clone(), &ns);
+            let ti = await_install(&installs, "lost-profile", "the profile DEPLOYED", &controller, |ti| all_deployed(ti, &["lost"])).await;
+            let owner = &ti.owner_references()[0];
+            assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Cluster", "lost"));
+            let kubeconfig = target_kubeconfig(&client, &ns, "lost", work.path()).await;
+            assert_eq!(release_names(&kubeconfig), ["cache"]);
+
+            // The cluster is lost: paused (so that nothing restarts it) and
+            // its API server killed.
+            clusters
+                .patch("lost", &PatchParams::default(), &Patch::Merge(json!({"spec": {"paused": true}})))
+                .await
+                .unwrap();
+            let pid_file = work.path().join("clusters/clusters/lost/pids/kube-apiserver.pid");
+            let pid = std::fs::read_to_string(&pid_file).unwrap();
+            run_ok(Command::new("kill").arg("-9").arg(pid.trim()));
+            await_install(&installs, "lost-profile", "the lost target UNKNOWN", &controller, |ti| {
+                state(ti, "lost", "cache") == Some(ToolState::Unknown)
+            })
+            .await;
+
+            // Deleting waits for the target, saying how to force it...
+            installs.delete("lost-profile", &DeleteParams::default()).await.unwrap();
+            await_event(&client, &ns, "UninstallBlocked", annotation::FORCE_REMOVE, &controller).await;
+            assert!(installs.get_opt("lost-profile").await.unwrap().is_some());
+            // ... and the annotation lets it go.
+            installs
+                .patch(
+                    "lost-profile",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"annotations": {annotation::FORCE_REMOVE: "true"}}})),
+                )
+                .await
+                .unwrap();
+            let gone = await_condition(&installs, "lost-profile", "the forced ToolInstall to go", WAIT, |ti: Option<&ToolInstall>| ti.is_none()).await;
+            assert!(gone.is_ok(), "{gone:?}\n{}", controller.process.log_tail());
+            await_event(&client, &ns, "ForceRemoved", "lost: dropped without uninstalling", &controller).await;
+
+            // Removing the profile keeps it gone; the cluster goes too.
+            clusters
+                .patch("lost", &PatchParams::default(), &Patch::Merge(json!({"spec": {"profile": null, "paused": false}})))
+                .await
+                .unwrap();
+            delete_clusters(&client, &ns, &["lost"]).await;
+            let _ = Api::<fleetforge_api::ToolSet>::all(client.clone()).delete(&set, &DeleteParams::default()).await;
+        })
+        .await;
+}
