@@ -228,6 +228,45 @@ fn the_demo_runs_the_platform_on_local_clusters() {
     let dev1 = home.path().join("kubeconfigs/platform.dev-1.yaml");
     assert_eq!(nodes(&dev1, "workers"), ["workers-0"], "min 1, no desired");
 
+    // Each cluster's profile is installed: `kubectl get toolinstalls` says
+    // so, and the releases are real (the web front end's host is templated
+    // from the cluster's name).
+    kubectl(
+        &management,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "toolinstalls",
+            "dev-1-profile",
+            "staging-profile",
+            "-n",
+            "platform",
+            "--timeout=120s",
+        ],
+    );
+    let tools = kubectl(&management, &["get", "toolinstalls", "-n", "platform"]);
+    for name in ["dev-1-profile", "staging-profile"] {
+        let row = tools
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{tools}"));
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(&columns[1..6], ["1", "1", "0", "0", "False"], "{tools}");
+    }
+    let hosts = kubectl(
+        &dev1,
+        &[
+            "get",
+            "configmap",
+            "web-settings",
+            "-n",
+            "apps",
+            "-o",
+            "jsonpath={.data.host}",
+        ],
+    );
+    assert_eq!(hosts, "dev-1.platform.fleetforge.local");
+
     // Poll every 2 s so drift shows up quickly.
     kubectl(
         &management,

@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use fleetforge_api::{Cluster, condition};
+use fleetforge_api::{Cluster, ToolInstall, condition};
 use fleetforge_provider_local::kubeconfig::Access;
 use fleetforge_provider_local::kwokctl::{Kwokctl, Processes};
 use k8s_openapi::api::core::v1::Secret;
@@ -176,6 +176,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         say(format!("applying {}", path.display()));
         clusters = apply(&client, path).await?;
         await_clusters(&client, &clusters, Duration::from_secs(args.timeout), quiet).await?;
+        await_tools(&client, Duration::from_secs(args.timeout)).await?;
     }
 
     // The accounts first (a cloud one is not Ready until its Secret
@@ -189,6 +190,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             "custom-columns=PROVIDERCONFIG:.metadata.name,PROVIDER:.spec.provider,READY:.status.conditions[?(@.type==\"Ready\")].status,MESSAGE:.status.conditions[?(@.type==\"Ready\")].message",
         ][..],
         &["get", "clusters", "--all-namespaces"][..],
+        &["get", "toolinstalls", "--all-namespaces"][..],
     ] {
         let table = Command::new(&kubectl)
             .args(args)
@@ -285,6 +287,15 @@ fn start_controller(home: &Home, args: &UpArgs) -> anyhow::Result<()> {
         .arg(home.management.bin())
         .arg("--local-work-dir")
         .arg(home.dir.join("clusters"))
+        // Relative chart paths in the applied platform repo are relative
+        // to it.
+        .arg("--charts-dir")
+        .arg(
+            args.apply
+                .as_deref()
+                .map(|p| if p.is_dir() { p.to_path_buf() } else { p.parent().unwrap_or(p).to_path_buf() })
+                .unwrap_or_else(|| PathBuf::from(".")),
+        )
         .env("KUBECONFIG", home.kubeconfig())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -486,6 +497,66 @@ async fn await_clusters(
                 timeout.as_secs(),
                 waiting.join("\n  ")
             );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Waits until every Cluster with a profile has its ToolInstall and every
+/// ToolInstall is Ready, or one fails (its status says why).
+async fn await_tools(client: &Client, timeout: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let clusters: Api<Cluster> = Api::all(client.clone());
+    let installs: Api<ToolInstall> = Api::all(client.clone());
+    let mut announced = false;
+    loop {
+        let profiled: Vec<(String, String)> = clusters
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|c| c.spec.profile.is_some())
+            .map(|c| {
+                (
+                    c.namespace().unwrap_or_default(),
+                    fleetforge_tools::profile::install_name(&c.name_any()),
+                )
+            })
+            .collect();
+        let list = installs.list(&ListParams::default()).await?.items;
+        if list.is_empty() && profiled.is_empty() {
+            return Ok(());
+        }
+        if !announced {
+            say(format!(
+                "waiting for tools: {} ToolInstalls",
+                list.len().max(profiled.len())
+            ));
+            announced = true;
+        }
+        let state = |ti: &ToolInstall, type_: &str| {
+            ti.status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+                .map(|c| c.status == "True")
+        };
+        let all_created = profiled.iter().all(|(namespace, name)| {
+            list.iter()
+                .any(|ti| ti.namespace().as_deref() == Some(namespace) && &ti.name_any() == name)
+        });
+        let settled = list.iter().all(|ti| {
+            state(ti, condition::READY) == Some(true) || state(ti, condition::SYNCED) == Some(false)
+        });
+        if all_created && settled {
+            say(format!(
+                "tools settled after {:.1}s",
+                started.elapsed().as_secs_f64()
+            ));
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            say("tools are still on their way; see `kubectl get toolinstalls -A`");
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

@@ -54,6 +54,11 @@ pub struct ControllerArgs {
     /// `~/.fleetforge`).
     #[arg(long, env = "FLEETFORGE_LOCAL_WORK_DIR")]
     pub local_work_dir: Option<PathBuf>,
+    /// Where relative chart paths of tools (`chart.path`) are resolved,
+    /// typically the platform repo's checkout (default: the working
+    /// directory).
+    #[arg(long, env = "FLEETFORGE_CHARTS_DIR", default_value = ".")]
+    pub charts_dir: PathBuf,
 }
 
 impl ControllerArgs {
@@ -182,6 +187,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             helm: helm_binary(&args.tools_bin),
             namespace: args.namespace.clone(),
             concurrency: args.concurrency,
+            charts_dir: absolute(&args.charts_dir),
         },
         tool_metrics,
         async move {

@@ -43,12 +43,15 @@ pub struct ToolOptions {
     pub namespace: Option<String>,
     /// ToolInstalls reconciled at once.
     pub concurrency: u16,
+    /// Where relative chart paths (`chart.path`) are resolved.
+    pub charts_dir: PathBuf,
 }
 
 /// What every reconcile shares.
 pub struct Context {
     client: Client,
     helm: Helm,
+    charts_dir: PathBuf,
     work: tempfile::TempDir,
     recorder: Recorder,
     connections: tokio::sync::Mutex<HashMap<String, Arc<Connection>>>,
@@ -105,6 +108,7 @@ pub async fn run(
     }
     let context = Arc::new(Context {
         helm: Helm::new(options.helm.clone(), work.path().to_path_buf()),
+        charts_dir: options.charts_dir.clone(),
         work,
         recorder: Recorder::new(client.clone(), "fleetforge-tools"),
         client: client.clone(),
@@ -543,6 +547,12 @@ impl<'a> Pass<'a> {
         Ok(order
             .iter()
             .filter_map(|name| tools.iter().find(|t| &t.name == name).cloned())
+            .map(|mut tool| {
+                if let Some(path) = &tool.chart.path {
+                    tool.chart.path = Some(self.ctx.charts_dir.join(path).display().to_string());
+                }
+                tool
+            })
             .collect())
     }
 
