@@ -1,0 +1,294 @@
+//! `fleetforge-bench-tools`: one ToolSet of three charts onto N real local
+//! clusters. Runs the built controller against a fresh management control
+//! plane, lets it create the clusters, then in the same run times
+//!
+//! 1. a sequential `helm upgrade --install --wait` loop over every cluster
+//!    and chart (the baseline; its releases are then uninstalled), and
+//! 2. a ToolInstall of the same charts until every target is DEPLOYED
+//!    (healthy), with `maxConcurrency` targets at once;
+//!
+//! then measures the steady state: target API reads and helm commands per
+//! poll, from the controller's metrics. Everything is deleted at the end.
+//!
+//! ```text
+//! cargo build --release --bins
+//! target/release/fleetforge-bench-tools --clusters 20 --max-concurrency 10
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use fleetforge_api::{Cluster, ToolInstall, condition};
+use fleetforge_testenv::{ControlPlane, OwnedProcess, free_port, pids_mentioning, tools};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::Client;
+use serde_json::json;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Local clusters to install onto.
+    #[arg(long, default_value_t = 10)]
+    clusters: usize,
+    /// The ToolInstall's maxConcurrency.
+    #[arg(long, default_value_t = 10)]
+    max_concurrency: i32,
+    /// The ToolInstall's poll interval in the steady-state measurement.
+    #[arg(long, default_value_t = 10)]
+    poll_seconds: u64,
+    /// Polls to measure the steady state over.
+    #[arg(long, default_value_t = 3)]
+    polls: u64,
+    /// The fleetforge binary (default: next to this one).
+    #[arg(long)]
+    fleetforge: Option<PathBuf>,
+}
+
+const NAMESPACE: &str = "bench";
+const CHARTS: [&str; 3] = ["widgets", "web", "cache"];
+
+fn chart_dir(chart: &str) -> PathBuf {
+    tools::workspace_root().join("e2e/charts").join(chart)
+}
+
+fn release_namespace(chart: &str) -> &'static str {
+    match chart {
+        "widgets" => "widgets",
+        _ => "apps",
+    }
+}
+
+async fn apply(client: &Client, resource: &kube::api::ApiResource, namespaced: bool, object: serde_json::Value) -> anyhow::Result<()> {
+    let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let api: Api<kube::api::DynamicObject> = if namespaced {
+        Api::namespaced_with(client.clone(), NAMESPACE, resource)
+    } else {
+        Api::all_with(client.clone(), resource)
+    };
+    api.patch(&name, &PatchParams::apply("bench").force(), &Patch::Apply(&object))
+        .await
+        .with_context(|| format!("applying {name}"))?;
+    Ok(())
+}
+
+fn metric(port: u16, name: &str) -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+fn helm(kubeconfig: &Path, home: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new(tools::binary("helm")?)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .output()?;
+    if !output.status.success() {
+        bail!("helm {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let work = tempfile::tempdir()?;
+    let plane = ControlPlane::builder().start().await?;
+    let client = plane.client().await?;
+    fleetforge_core::crds::install(&client).await?;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces
+        .patch(NAMESPACE, &PatchParams::apply("bench"), &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})))
+        .await?;
+
+    let fleetforge = match &args.fleetforge {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("fleetforge"),
+    };
+    let port = free_port()?;
+    let controller = OwnedProcess::spawn_with_env(
+        "fleetforge",
+        &fleetforge,
+        &[
+            "controller".into(),
+            "--leader-elect=false".into(),
+            format!("--metrics-addr=127.0.0.1:{port}"),
+            format!("--tools-bin={}", tools::bin_dir().display()),
+            format!("--local-work-dir={}", work.path().join("clusters").display()),
+        ],
+        &[("KUBECONFIG", &plane.kubeconfig_path().display().to_string()), ("RUST_LOG", "info")],
+        &work.path().join("controller.log"),
+    )?;
+
+    let provider = kube::api::ApiResource::erase::<fleetforge_api::ProviderConfig>(&());
+    apply(&client, &provider, false, json!({
+        "apiVersion": "fleetforge.dev/v1alpha1", "kind": "ProviderConfig",
+        "metadata": {"name": "local"},
+        "spec": {"provider": "local", "pollInterval": "60s", "defaults": {"region": "local"}},
+    }))
+    .await?;
+    let names: Vec<String> = (0..args.clusters).map(|i| format!("c{i:02}")).collect();
+    let cluster_resource = kube::api::ApiResource::erase::<Cluster>(&());
+    for name in &names {
+        apply(&client, &cluster_resource, true, json!({
+            "apiVersion": "fleetforge.dev/v1alpha1", "kind": "Cluster",
+            "metadata": {"name": name, "labels": {"bench": "tools"}},
+            "spec": {"providerConfigRef": {"name": "local"}, "version": "1.36",
+                     "nodePools": [{"name": "workers", "machineType": "standard-2", "min": 1, "max": 1}]},
+        }))
+        .await?;
+    }
+    let started = Instant::now();
+    let clusters: Api<Cluster> = Api::namespaced(client.clone(), NAMESPACE);
+    loop {
+        let ready = clusters
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|c| c.status.as_ref().is_some_and(|s| fleetforge_core::conditions::is_true(&s.conditions, condition::READY)))
+            .count();
+        if ready == names.len() {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60 + 20 * args.clusters as u64) {
+            bail!("only {ready} of {} clusters Ready:\n{}", names.len(), controller.log_tail());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    println!("{} local clusters Ready after {:.1}s", names.len(), started.elapsed().as_secs_f64());
+
+    // The baseline: sequential helm, waiting for each release to be healthy.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    let mut kubeconfigs = Vec::new();
+    for name in &names {
+        let secret = secrets.get(&format!("{name}-kubeconfig")).await?;
+        let path = work.path().join(format!("{name}.kubeconfig"));
+        std::fs::write(&path, &secret.data.context("no data")?["value"].0)?;
+        kubeconfigs.push(path);
+    }
+    let helm_home = work.path().join("helm");
+    let started = Instant::now();
+    for (name, kubeconfig) in names.iter().zip(&kubeconfigs) {
+        for chart in CHARTS {
+            let values = work.path().join(format!("{name}-{chart}.json"));
+            std::fs::write(&values, json!({"host": format!("{name}.bench.example.com")}).to_string())?;
+            helm(kubeconfig, &helm_home, &[
+                "upgrade", "--install", chart, &chart_dir(chart).display().to_string(),
+                "--namespace", release_namespace(chart), "--create-namespace",
+                "--values", &values.display().to_string(), "--wait", "--timeout", "2m",
+            ])?;
+        }
+    }
+    let sequential = started.elapsed();
+    println!(
+        "sequential helm upgrade --install --wait: {} clusters x {} charts in {:.1}s",
+        names.len(),
+        CHARTS.len(),
+        sequential.as_secs_f64()
+    );
+    for kubeconfig in &kubeconfigs {
+        for chart in CHARTS.iter().rev() {
+            helm(kubeconfig, &helm_home, &["uninstall", chart, "--namespace", release_namespace(chart), "--wait"])?;
+        }
+    }
+
+    // fleetforge: the same charts as one ToolSet, onto every cluster.
+    let set = kube::api::ApiResource::erase::<fleetforge_api::ToolSet>(&());
+    let chart = |c: &str| json!({"path": chart_dir(c).display().to_string()});
+    apply(&client, &set, false, json!({
+        "apiVersion": "fleetforge.dev/v1alpha1", "kind": "ToolSet",
+        "metadata": {"name": "bench"},
+        "spec": {"tools": [
+            {"name": "widgets", "chart": chart("widgets"),
+             "health": [{"kind": "CustomResourceDefinition", "name": "widgets.e2e.fleetforge.dev"}, {"kind": "Deployment", "name": "widget-operator"}]},
+            {"name": "web", "namespace": "apps", "chart": chart("web"), "dependsOn": ["widgets"],
+             "values": {"host": "{{ cluster.name }}.bench.example.com"},
+             "health": [{"kind": "Deployment", "name": "web"}]},
+            {"name": "cache", "namespace": "apps", "chart": chart("cache"), "health": [{"kind": "Deployment", "name": "cache"}]},
+        ]},
+    }))
+    .await?;
+    let install = kube::api::ApiResource::erase::<ToolInstall>(&());
+    let reads_before = metric(port, "fleetforge_tool_target_reads_total")?;
+    let started = Instant::now();
+    apply(&client, &install, true, json!({
+        "apiVersion": "fleetforge.dev/v1alpha1", "kind": "ToolInstall",
+        "metadata": {"name": "bench"},
+        "spec": {"toolSetRef": {"name": "bench"}, "targets": {"clusterSelector": {"matchLabels": {"bench": "tools"}}},
+                 "maxConcurrency": args.max_concurrency, "pollInterval": format!("{}s", args.poll_seconds)},
+    }))
+    .await?;
+    let installs: Api<ToolInstall> = Api::namespaced(client.clone(), NAMESPACE);
+    loop {
+        let ti = installs.get("bench").await?;
+        let deployed = ti.status.as_ref().and_then(|s| s.summary.as_ref()).map_or(0, |s| s.deployed);
+        if deployed as usize == names.len() {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("{deployed} of {} deployed after 600s:\n{}", names.len(), controller.log_tail());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let fanout = started.elapsed();
+    let reads_install = metric(port, "fleetforge_tool_target_reads_total")? - reads_before;
+    println!(
+        "fleetforge ToolInstall (maxConcurrency {}): {} clusters x {} charts DEPLOYED (healthy) in {:.1}s; {:.2}x the sequential loop's speed; {reads_install} target reads on the way",
+        args.max_concurrency,
+        names.len(),
+        CHARTS.len(),
+        fanout.as_secs_f64(),
+        sequential.as_secs_f64() / fanout.as_secs_f64()
+    );
+
+    // Steady state.
+    tokio::time::sleep(Duration::from_secs(args.poll_seconds)).await;
+    let reads = metric(port, "fleetforge_tool_target_reads_total")?;
+    let helms = metric(port, "fleetforge_helm_commands_total")?;
+    let window = Duration::from_secs(args.poll_seconds * args.polls);
+    tokio::time::sleep(window).await;
+    let reads = metric(port, "fleetforge_tool_target_reads_total")? - reads;
+    let helms = metric(port, "fleetforge_helm_commands_total")? - helms;
+    let releases = (names.len() * CHARTS.len()) as f64;
+    println!(
+        "steady state over {} polls of {}s: {reads} target reads ({:.2} per release per poll, {:.2} per cluster per poll), {helms} helm commands",
+        args.polls,
+        args.poll_seconds,
+        reads / releases / args.polls as f64,
+        reads / names.len() as f64 / args.polls as f64
+    );
+    println!("controller RSS {:.0} MiB", fleetforge_testenv::rss_bytes(controller.pid()).unwrap_or(0) as f64 / 1048576.0);
+
+    // Clean up: uninstall everywhere, delete the clusters.
+    let started = Instant::now();
+    installs.delete("bench", &DeleteParams::default()).await?;
+    while installs.get_opt("bench").await?.is_some() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!("ToolInstall deleted (uninstalled everywhere) in {:.1}s", started.elapsed().as_secs_f64());
+    for name in &names {
+        clusters.delete(name, &DeleteParams::default()).await?;
+    }
+    while !clusters.list(&ListParams::default()).await?.items.is_empty() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    drop(controller);
+    let left = pids_mentioning(&work.path().join("clusters").display().to_string());
+    if !left.is_empty() {
+        bail!("processes left: {left:?}");
+    }
+    Ok(())
+}
