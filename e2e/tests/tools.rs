@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use fleetforge_api::tool_install::ToolStatus;
 use fleetforge_api::{Cluster, ToolInstall, ToolState, annotation, condition};
-use fleetforge_e2e::{Controller, await_event, install, run_ok, service_account_kubeconfig, workspace_root};
+use fleetforge_e2e::{
+    Controller, await_event, install, run_ok, service_account_kubeconfig, workspace_root,
+};
 use fleetforge_testenv::{await_condition, pids_mentioning, shared, tools};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
@@ -37,7 +39,8 @@ impl Drop for Cleanup {
 
 /// The controller under its RBAC, with local clusters kept in `work`.
 async fn start(client: &Client, ns: &str, work: &Path) -> Controller {
-    let kubeconfig = service_account_kubeconfig(shared(), client, ns, &work.join("sa.kubeconfig")).await;
+    let kubeconfig =
+        service_account_kubeconfig(shared(), client, ns, &work.join("sa.kubeconfig")).await;
     let tools_bin = workspace_root().join(".tools/bin");
     let clusters = work.join("clusters");
     Controller::start_with_env(
@@ -103,11 +106,17 @@ async fn local_clusters(client: &Client, ns: &str, names: &[(&str, Value)]) {
 async fn await_clusters_ready(client: &Client, ns: &str, names: &[&str], controller: &Controller) {
     let api: Api<Cluster> = Api::namespaced(client.clone(), ns);
     for name in names {
-        fleetforge_e2e::await_cluster(&api, name, "the local cluster to be Ready", controller, |c| {
-            c.status
-                .as_ref()
-                .is_some_and(|s| fleetforge_core::conditions::is_true(&s.conditions, condition::READY))
-        })
+        fleetforge_e2e::await_cluster(
+            &api,
+            name,
+            "the local cluster to be Ready",
+            controller,
+            |c| {
+                c.status.as_ref().is_some_and(|s| {
+                    fleetforge_core::conditions::is_true(&s.conditions, condition::READY)
+                })
+            },
+        )
         .await;
     }
 }
@@ -118,7 +127,14 @@ async fn delete_clusters(client: &Client, ns: &str, names: &[&str]) {
         let _ = api.delete(name, &DeleteParams::default()).await;
     }
     for name in names {
-        let gone = await_condition(&api, name, "the cluster to be deleted", WAIT, |c: Option<&Cluster>| c.is_none()).await;
+        let gone = await_condition(
+            &api,
+            name,
+            "the cluster to be deleted",
+            WAIT,
+            |c: Option<&Cluster>| c.is_none(),
+        )
+        .await;
         assert!(gone.is_ok(), "{gone:?}");
     }
 }
@@ -132,7 +148,10 @@ async fn await_install(
     controller: &Controller,
     done: impl Fn(&ToolInstall) -> bool,
 ) -> ToolInstall {
-    let found = await_condition(api, name, what, WAIT, |ti: Option<&ToolInstall>| ti.is_some_and(&done)).await;
+    let found = await_condition(api, name, what, WAIT, |ti: Option<&ToolInstall>| {
+        ti.is_some_and(&done)
+    })
+    .await;
     match found {
         Ok(ti) => ti.expect("the ToolInstall exists"),
         Err(e) => panic!("{e}\ncontroller log:\n{}", controller.process.log_tail()),
@@ -155,11 +174,15 @@ fn state(ti: &ToolInstall, target: &str, name: &str) -> Option<ToolState> {
 }
 
 fn all_deployed(ti: &ToolInstall, targets: &[&str]) -> bool {
-    let Some(status) = ti.status.as_ref() else { return false };
+    let Some(status) = ti.status.as_ref() else {
+        return false;
+    };
     status.observed_generation == ti.metadata.generation
         && status.targets.len() == targets.len()
         && status.targets.iter().all(|t| {
-            targets.contains(&t.name.as_str()) && !t.tools.is_empty() && t.tools.iter().all(|s| s.state == ToolState::Deployed)
+            targets.contains(&t.name.as_str())
+                && !t.tools.is_empty()
+                && t.tools.iter().all(|s| s.state == ToolState::Deployed)
         })
 }
 
@@ -174,9 +197,12 @@ async fn target_kubeconfig(client: &Client, ns: &str, cluster: &str, work: &Path
 
 async fn target_client(kubeconfig: &Path) -> Client {
     let text = std::fs::read_to_string(kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::from_yaml(&text).unwrap(), &Default::default())
-        .await
-        .unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::from_yaml(&text).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     Client::try_from(config).unwrap()
 }
 
@@ -195,11 +221,16 @@ fn helm(kubeconfig: &Path, args: &[&str]) -> String {
 
 /// The user-supplied values of a release, as `helm get values` shows them.
 fn release_values(kubeconfig: &Path, release: &str, namespace: &str) -> Value {
-    serde_json::from_str(&helm(kubeconfig, &["get", "values", release, "-n", namespace, "-o", "json"])).unwrap()
+    serde_json::from_str(&helm(
+        kubeconfig,
+        &["get", "values", release, "-n", namespace, "-o", "json"],
+    ))
+    .unwrap()
 }
 
 fn release_names(kubeconfig: &Path) -> Vec<String> {
-    let list: Value = serde_json::from_str(&helm(kubeconfig, &["list", "-A", "-o", "json"])).unwrap();
+    let list: Value =
+        serde_json::from_str(&helm(kubeconfig, &["list", "-A", "-o", "json"])).unwrap();
     let mut names: Vec<String> = list
         .as_array()
         .unwrap()
@@ -232,9 +263,13 @@ fn toolset(name: &str) -> Value {
 }
 
 async fn patch_spec(api: &Api<ToolInstall>, name: &str, spec: Value) {
-    api.patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": spec})))
-        .await
-        .unwrap();
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": spec})),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

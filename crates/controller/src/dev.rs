@@ -293,7 +293,13 @@ fn start_controller(home: &Home, args: &UpArgs) -> anyhow::Result<()> {
         .arg(
             args.apply
                 .as_deref()
-                .map(|p| if p.is_dir() { p.to_path_buf() } else { p.parent().unwrap_or(p).to_path_buf() })
+                .map(|p| {
+                    if p.is_dir() {
+                        p.to_path_buf()
+                    } else {
+                        p.parent().unwrap_or(p).to_path_buf()
+                    }
+                })
                 .unwrap_or_else(|| PathBuf::from(".")),
         )
         .env("KUBECONFIG", home.kubeconfig())

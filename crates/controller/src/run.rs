@@ -194,9 +194,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             let _ = installs_stopped.await;
         },
     );
-    let profiles = fleetforge_tools::profile::run(client.clone(), args.namespace.clone(), async move {
-        let _ = profiles_stopped.await;
-    });
+    let profiles =
+        fleetforge_tools::profile::run(client.clone(), args.namespace.clone(), async move {
+            let _ = profiles_stopped.await;
+        });
     let clusters = fleetforge_core::run::<Cluster>(
         client,
         crate::providers::clusters(&args.local()),

@@ -80,11 +80,7 @@ impl Helm {
             .map_err(|e| HelmError::Unavailable(format!("writing a values file: {e}")))?;
         std::fs::write(values_file.path(), release.values.to_string())
             .map_err(|e| HelmError::Unavailable(format!("writing a values file: {e}")))?;
-        let mut args: Vec<String> = vec![
-            "upgrade".into(),
-            "--install".into(),
-            release.name.into(),
-        ];
+        let mut args: Vec<String> = vec!["upgrade".into(), "--install".into(), release.name.into()];
         args.extend(chart_args(release.chart));
         args.extend([
             "--namespace".into(),
@@ -142,9 +138,9 @@ impl Helm {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let child = command.spawn().map_err(|e| {
-            HelmError::Unavailable(format!("{}: {e}", self.binary.display()))
-        })?;
+        let child = command
+            .spawn()
+            .map_err(|e| HelmError::Unavailable(format!("{}: {e}", self.binary.display())))?;
         let output = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
             .await
             .map_err(|_| HelmError::Failed(format!("helm {} timed out", args[0])))?
@@ -383,7 +379,13 @@ mod tests {
         };
         assert_eq!(
             chart_args(&repo),
-            ["cert-manager", "--repo", "https://charts.jetstack.io", "--version", "v1.19.1"]
+            [
+                "cert-manager",
+                "--repo",
+                "https://charts.jetstack.io",
+                "--version",
+                "v1.19.1"
+            ]
         );
         let path = ChartSource {
             path: Some("/charts/web".into()),

@@ -23,7 +23,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::SelectorExt;
-use kube::runtime::controller::{Action, Controller, Config as ControllerConfig};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -135,10 +135,13 @@ pub async fn run(
     .default_backoff()
     .touched_objects()
     .predicate_filter(cluster_hash, Default::default());
-    let set_events = watcher(Api::<ToolSet>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+    let set_events = watcher(
+        Api::<ToolSet>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .applied_objects()
+    .predicate_filter(predicates::generation, Default::default());
 
     let by_namespace = store.clone();
     let by_set = store.clone();
@@ -158,7 +161,12 @@ pub async fn run(
             by_set
                 .state()
                 .into_iter()
-                .filter(|ti| ti.spec.tool_set_ref.as_ref().is_some_and(|r| r.name == name))
+                .filter(|ti| {
+                    ti.spec
+                        .tool_set_ref
+                        .as_ref()
+                        .is_some_and(|r| r.name == name)
+                })
                 .map(|ti| ObjectRef::from_obj(&*ti))
                 .collect::<Vec<_>>()
         })
@@ -196,7 +204,11 @@ fn trigger_hash(ti: &ToolInstall) -> Option<u64> {
 fn cluster_hash(cluster: &Cluster) -> Option<u64> {
     let mut hasher = DefaultHasher::new();
     cluster.metadata.labels.hash(&mut hasher);
-    cluster.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    cluster
+        .metadata
+        .deletion_timestamp
+        .is_some()
+        .hash(&mut hasher);
     cluster_ready(cluster).hash(&mut hasher);
     cluster
         .status
@@ -249,7 +261,13 @@ async fn reconcile(ti: Arc<ToolInstall>, ctx: Arc<Context>) -> Result<Action, Er
             };
             pass.write_status(&api, status).await?;
             ctx.recorder
-                .publish(&ti.object_ref(&()), EventType::Warning, reason, "Resolve", &message)
+                .publish(
+                    &ti.object_ref(&()),
+                    EventType::Warning,
+                    reason,
+                    "Resolve",
+                    &message,
+                )
                 .await?;
             return Ok(Action::requeue(Duration::from_secs(30)));
         }
@@ -265,7 +283,11 @@ async fn reconcile(ti: Arc<ToolInstall>, ctx: Arc<Context>) -> Result<Action, Er
         .targets
         .iter()
         .filter(|t| !selected.contains(t.name.as_str()))
-        .filter(|t| clusters.iter().any(|c| c.name_any() == t.name && c.metadata.deletion_timestamp.is_none()))
+        .filter(|t| {
+            clusters
+                .iter()
+                .any(|c| c.name_any() == t.name && c.metadata.deletion_timestamp.is_none())
+        })
         .collect();
 
     // Futures are made up front and run at most `maxConcurrency` at once
@@ -317,7 +339,11 @@ async fn reconcile(ti: Arc<ToolInstall>, ctx: Arc<Context>) -> Result<Action, Er
 }
 
 /// Deletion: uninstall from every target in status, then drop the finalizer.
-async fn finalize(ti: &ToolInstall, ctx: &Context, api: &Api<ToolInstall>) -> Result<Action, Error> {
+async fn finalize(
+    ti: &ToolInstall,
+    ctx: &Context,
+    api: &Api<ToolInstall>,
+) -> Result<Action, Error> {
     if !ti.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
@@ -359,7 +385,13 @@ async fn finalize(ti: &ToolInstall, ctx: &Context, api: &Api<ToolInstall>) -> Re
     );
     let outcome = Outcome::from_reports(remaining);
     ctx.recorder
-        .publish(&ti.object_ref(&()), EventType::Warning, "UninstallBlocked", "Delete", &note)
+        .publish(
+            &ti.object_ref(&()),
+            EventType::Warning,
+            "UninstallBlocked",
+            "Delete",
+            &note,
+        )
         .await?;
     pass.write_status(api, outcome).await?;
     Ok(Action::requeue(Duration::from_secs(10)))
@@ -388,9 +420,9 @@ fn select<'a>(ti: &ToolInstall, clusters: &'a [Cluster]) -> Vec<Target<'a>> {
     for cluster in clusters {
         let name = cluster.name_any();
         let named = chosen.contains_key(&name);
-        let labelled = selector
-            .as_ref()
-            .is_some_and(|s| s.matches(cluster.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())));
+        let labelled = selector.as_ref().is_some_and(|s| {
+            s.matches(cluster.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()))
+        });
         if cluster.metadata.deletion_timestamp.is_some() {
             chosen.remove(&name);
         } else if named || labelled {
@@ -444,7 +476,10 @@ impl Outcome {
     /// When to look again: soon while something is on its way, at the
     /// failure backoff for failed tools, else at the poll interval.
     fn requeue(&self, poll: Duration) -> Duration {
-        let states = self.targets.iter().flat_map(|t| t.tools.iter().map(|s| s.state));
+        let states = self
+            .targets
+            .iter()
+            .flat_map(|t| t.tools.iter().map(|s| s.state));
         let mut next = fleetforge_core::managed::jittered(poll, 0.1);
         for state in states {
             let soon = match state {
@@ -564,34 +599,51 @@ impl<'a> Pass<'a> {
             let field = format!("spec.valuesFrom[{index}]");
             let text = match source.kind {
                 ValuesSourceKind::Secret => {
-                    let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+                    let api: Api<Secret> =
+                        Api::namespaced(self.ctx.client.clone(), &self.namespace);
                     api.get_opt(&source.name).await?.map(|s| {
-                        s.data
-                            .and_then(|d| d.get(&source.key).map(|b| String::from_utf8_lossy(&b.0).into_owned()))
+                        s.data.and_then(|d| {
+                            d.get(&source.key)
+                                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                        })
                     })
                 }
                 ValuesSourceKind::ConfigMap => {
-                    let api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+                    let api: Api<ConfigMap> =
+                        Api::namespaced(self.ctx.client.clone(), &self.namespace);
                     api.get_opt(&source.name)
                         .await?
                         .map(|c| c.data.and_then(|d| d.get(&source.key).cloned()))
                 }
             };
-            let entry = by_tool.entry(source.tool.clone()).or_insert_with(|| Ok(Vec::new()));
+            let entry = by_tool
+                .entry(source.tool.clone())
+                .or_insert_with(|| Ok(Vec::new()));
             let Ok(layers) = entry else { continue };
             let parsed = match text {
                 None | Some(None) if source.optional => continue,
-                None => Err(format!("{field}: {:?} {} does not exist", source.kind, source.name)),
+                None => Err(format!(
+                    "{field}: {:?} {} does not exist",
+                    source.kind, source.name
+                )),
                 Some(None) => Err(format!(
                     "{field}: {:?} {} has no key {}",
                     source.kind, source.name, source.key
                 )),
                 Some(Some(text)) => serde_saphyr::from_str::<Value>(&text)
-                    .map_err(|e| format!("{field}: key {} of {} is not YAML: {e}", source.key, source.name))
+                    .map_err(|e| {
+                        format!(
+                            "{field}: key {} of {} is not YAML: {e}",
+                            source.key, source.name
+                        )
+                    })
                     .and_then(|v| match v {
                         Value::Object(_) => Ok(v),
                         Value::Null => Ok(json!({})),
-                        _ => Err(format!("{field}: key {} of {} is not a map", source.key, source.name)),
+                        _ => Err(format!(
+                            "{field}: key {} of {} is not a map",
+                            source.key, source.name
+                        )),
                     }),
             };
             match parsed {
@@ -653,9 +705,14 @@ impl<'a> Pass<'a> {
                 .map(|tool| {
                     // A target that had tools and cannot be reached now is
                     // UNKNOWN; one that never had them is still PENDING.
-                    let had = previous_state(before, &tool.name)
-                        .is_some_and(|s| !matches!(s, ToolState::Pending | ToolState::NotInstalled));
-                    let state = if state == ToolState::Pending && had { ToolState::Unknown } else { state };
+                    let had = previous_state(before, &tool.name).is_some_and(|s| {
+                        !matches!(s, ToolState::Pending | ToolState::NotInstalled)
+                    });
+                    let state = if state == ToolState::Pending && had {
+                        ToolState::Unknown
+                    } else {
+                        state
+                    };
                     tool_status(before, &tool.name, state, Some(message.clone()))
                 })
                 .collect()
@@ -698,7 +755,11 @@ impl<'a> Pass<'a> {
         let facts = facts(cluster);
         let mut deployed: BTreeSet<String> = BTreeSet::new();
         for tool in tools {
-            let blocked_by = tool.depends_on.iter().find(|d| !deployed.contains(*d)).cloned();
+            let blocked_by = tool
+                .depends_on
+                .iter()
+                .find(|d| !deployed.contains(*d))
+                .cloned();
             let desired = self.desired_values(tool, &target.name, &facts, values_from);
             let outcome = self
                 .sync_tool(
@@ -754,7 +815,11 @@ impl<'a> Pass<'a> {
             Ok(values) => values,
             Err(message) => {
                 return ToolOutcome {
-                    events: vec![(EventType::Warning, "ValuesInvalid", format!("{target}/{}: {message}", tool.name))],
+                    events: vec![(
+                        EventType::Warning,
+                        "ValuesInvalid",
+                        format!("{target}/{}: {message}", tool.name),
+                    )],
                     ..ToolOutcome::new(status(ToolState::Failed, Some(message)))
                 };
             }
@@ -774,8 +839,15 @@ impl<'a> Pass<'a> {
         let needs_change = match &observed {
             Observed::AsDeclared => {
                 let release = release.expect("a release is installed");
-                self.ctx.metrics.target_reads.inc_by(object_count(&release.manifest));
-                match connection.objects.drift(&release.manifest, &namespace).await {
+                self.ctx
+                    .metrics
+                    .target_reads
+                    .inc_by(object_count(&release.manifest));
+                match connection
+                    .objects
+                    .drift(&release.manifest, &namespace)
+                    .await
+                {
                     Ok(found) => drift = found,
                     Err(e) => {
                         return ToolOutcome::new(status(
@@ -798,7 +870,10 @@ impl<'a> Pass<'a> {
             if !drift.is_empty() {
                 let mut outcome = ToolOutcome::new(status(
                     ToolState::Drifted,
-                    Some(format!("live objects differ from the release: {}", drift.join("; "))),
+                    Some(format!(
+                        "live objects differ from the release: {}",
+                        drift.join("; ")
+                    )),
                 ));
                 outcome.status.drift = drift.clone();
                 outcome.events.push((
@@ -809,7 +884,9 @@ impl<'a> Pass<'a> {
                 outcome.drift = drift;
                 return outcome;
             }
-            return self.health(target, tool, &namespace, connection, status).await;
+            return self
+                .health(target, tool, &namespace, connection, status)
+                .await;
         }
 
         // Something to change.
@@ -820,7 +897,10 @@ impl<'a> Pass<'a> {
             _ => (
                 PlannedAction::Upgrade,
                 ToolState::Drifted,
-                Some(format!("live objects differ from the release: {}", drift.join("; "))),
+                Some(format!(
+                    "live objects differ from the release: {}",
+                    drift.join("; ")
+                )),
             ),
         };
         let pending = |why: String| {
@@ -864,7 +944,8 @@ impl<'a> Pass<'a> {
             return outcome;
         }
 
-        let labels: BTreeMap<String, String> = [(OWNER_LABEL.to_string(), self.owner.clone())].into();
+        let labels: BTreeMap<String, String> =
+            [(OWNER_LABEL.to_string(), self.owner.clone())].into();
         let request = ReleaseRequest {
             name: &tool.name,
             namespace: &namespace,
@@ -872,7 +953,11 @@ impl<'a> Pass<'a> {
             values: &desired,
             labels: &labels,
         };
-        let result = self.ctx.helm.upgrade(&connection.kubeconfig, &request).await;
+        let result = self
+            .ctx
+            .helm
+            .upgrade(&connection.kubeconfig, &request)
+            .await;
         self.ctx.metrics.helm("upgrade", result.is_ok());
         match result {
             Ok(_) => {
@@ -895,11 +980,17 @@ impl<'a> Pass<'a> {
                         s
                     })
                     .await;
-                outcome.events.push((EventType::Normal, reason, format!("{target}: {what}")));
+                outcome
+                    .events
+                    .push((EventType::Normal, reason, format!("{target}: {what}")));
                 if !drift.is_empty() {
                     outcome.events.insert(
                         0,
-                        (EventType::Warning, "DriftDetected", format!("{target}/{}: {}", tool.name, drift.join("; "))),
+                        (
+                            EventType::Warning,
+                            "DriftDetected",
+                            format!("{target}/{}: {}", tool.name, drift.join("; ")),
+                        ),
                     );
                     outcome.drift = drift;
                 }
@@ -908,11 +999,16 @@ impl<'a> Pass<'a> {
             Err(e) => {
                 let message = e.to_string();
                 let failure = self.record_failure(&key, fingerprint, &message);
-                let mut outcome = ToolOutcome::new(status(ToolState::Failed, Some(message.clone())));
+                let mut outcome =
+                    ToolOutcome::new(status(ToolState::Failed, Some(message.clone())));
                 outcome.retry = Some(failure.retry_at.saturating_duration_since(Instant::now()));
                 outcome.events.push((
                     EventType::Warning,
-                    if matches!(e, HelmError::Unreachable(_)) { "TargetUnreachable" } else { "InstallFailed" },
+                    if matches!(e, HelmError::Unreachable(_)) {
+                        "TargetUnreachable"
+                    } else {
+                        "InstallFailed"
+                    },
                     format!("{target}/{}: {message}", tool.name),
                 ));
                 outcome
@@ -937,14 +1033,19 @@ impl<'a> Pass<'a> {
             .target_reads
             .inc_by(u64::try_from(tool.health.len()).unwrap_or(0));
         match connection.objects.unhealthy(&tool.health, namespace).await {
-            Ok(reasons) if reasons.is_empty() => ToolOutcome::new(status(ToolState::Deployed, None)),
+            Ok(reasons) if reasons.is_empty() => {
+                ToolOutcome::new(status(ToolState::Deployed, None))
+            }
             Ok(reasons) => ToolOutcome::new(status(
                 ToolState::Pending,
                 Some(format!("installed; waiting for {}", reasons.join("; "))),
             )),
             Err(e) => ToolOutcome::new(status(
                 ToolState::Unknown,
-                Some(format!("cannot check the health of {} on {target}: {e}", tool.name)),
+                Some(format!(
+                    "cannot check the health of {} on {target}: {e}",
+                    tool.name
+                )),
             )),
         }
     }
@@ -1002,7 +1103,12 @@ impl<'a> Pass<'a> {
             .values()
             .filter(|r| r.labels.get(OWNER_LABEL) == Some(&self.owner))
             .collect();
-        let rank = |name: &str| tools.iter().position(|t| t.name == name).unwrap_or(usize::MAX);
+        let rank = |name: &str| {
+            tools
+                .iter()
+                .position(|t| t.name == name)
+                .unwrap_or(usize::MAX)
+        };
         ours.sort_by_key(|r| std::cmp::Reverse(rank(&r.name)));
         if self.ti.spec.dry_run && self.ti.metadata.deletion_timestamp.is_none() {
             report.plan = ours
@@ -1027,7 +1133,12 @@ impl<'a> Pass<'a> {
                 .await;
             self.ctx.metrics.helm("uninstall", result.is_ok());
             if let Err(e) = result {
-                if let Some(tool) = report.status.tools.iter_mut().find(|t| t.name == release.name) {
+                if let Some(tool) = report
+                    .status
+                    .tools
+                    .iter_mut()
+                    .find(|t| t.name == release.name)
+                {
                     tool.state = ToolState::Failed;
                     tool.message = Some(format!("uninstall failed: {e}"));
                 }
@@ -1134,11 +1245,23 @@ impl<'a> Pass<'a> {
             None => {
                 let failed = summary.failed > 0;
                 let synced = if failed {
-                    Desired::no(condition::SYNCED, "InstallFailed", failed_message(&outcome.targets))
+                    Desired::no(
+                        condition::SYNCED,
+                        "InstallFailed",
+                        failed_message(&outcome.targets),
+                    )
                 } else if self.ti.spec.dry_run {
-                    Desired::yes(condition::SYNCED, "DryRun", format!("{} changes planned, none made", outcome.plan.len()))
+                    Desired::yes(
+                        condition::SYNCED,
+                        "DryRun",
+                        format!("{} changes planned, none made", outcome.plan.len()),
+                    )
                 } else if self.ti.spec.suspend {
-                    Desired::yes(condition::SYNCED, "Suspended", "suspended: no changes are made")
+                    Desired::yes(
+                        condition::SYNCED,
+                        "Suspended",
+                        "suspended: no changes are made",
+                    )
                 } else {
                     Desired::yes(condition::SYNCED, "Synced", "every target is handled")
                 };
@@ -1146,7 +1269,10 @@ impl<'a> Pass<'a> {
                     Desired::yes(
                         condition::READY,
                         "Deployed",
-                        format!("{} of {} targets deployed", summary.deployed, summary.targets),
+                        format!(
+                            "{} of {} targets deployed",
+                            summary.deployed, summary.targets
+                        ),
                     )
                 } else {
                     Desired::no(
@@ -1154,8 +1280,13 @@ impl<'a> Pass<'a> {
                         "NotDeployed",
                         format!(
                             "{} of {} targets deployed ({} pending, {} stale, {} drifted, {} failed, {} unknown)",
-                            summary.deployed, summary.targets, summary.pending, summary.stale,
-                            summary.drifted, summary.failed, summary.unknown
+                            summary.deployed,
+                            summary.targets,
+                            summary.pending,
+                            summary.stale,
+                            summary.drifted,
+                            summary.failed,
+                            summary.unknown
                         ),
                     )
                 };
@@ -1165,11 +1296,23 @@ impl<'a> Pass<'a> {
         desired.push(ready);
         desired.push(synced);
         let drift = if outcome.drift.is_empty() {
-            desired.push(Desired::no(condition::DRIFTED, "NoDrift", "releases match what is declared"));
+            desired.push(Desired::no(
+                condition::DRIFTED,
+                "NoDrift",
+                "releases match what is declared",
+            ));
             None
         } else {
-            let reason = if self.ti.spec.drift_policy == DriftPolicy::Correct { "Corrected" } else { "Reported" };
-            desired.push(Desired::yes(condition::DRIFTED, reason, outcome.drift.join("; ")));
+            let reason = if self.ti.spec.drift_policy == DriftPolicy::Correct {
+                "Corrected"
+            } else {
+                "Reported"
+            };
+            desired.push(Desired::yes(
+                condition::DRIFTED,
+                reason,
+                outcome.drift.join("; "),
+            ));
             let first = previous
                 .drift
                 .as_ref()
@@ -1180,7 +1323,12 @@ impl<'a> Pass<'a> {
                 last_detected: Some(first.unwrap_or_else(conditions::now)),
             })
         };
-        let conditions = conditions::merge(&previous.conditions, &desired, generation, &conditions::now());
+        let conditions = conditions::merge(
+            &previous.conditions,
+            &desired,
+            generation,
+            &conditions::now(),
+        );
         let status = json!({
             "conditions": conditions,
             "observedGeneration": generation,
@@ -1303,7 +1451,9 @@ pub fn values_equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| values_equal(v, w)))
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| values_equal(v, w)))
         }
         (Value::Array(x), Value::Array(y)) => {
             x.len() == y.len() && x.iter().zip(y).all(|(v, w)| values_equal(v, w))
@@ -1324,7 +1474,11 @@ fn object_count(manifest: &str) -> u64 {
 }
 
 fn previous_state(before: Option<&TargetStatus>, tool: &str) -> Option<ToolState> {
-    before?.tools.iter().find(|t| t.name == tool).map(|t| t.state)
+    before?
+        .tools
+        .iter()
+        .find(|t| t.name == tool)
+        .map(|t| t.state)
 }
 
 /// A tool's status, keeping `lastTransitionTime` while the state holds.
@@ -1356,7 +1510,14 @@ fn failed_message(targets: &[TargetStatus]) -> String {
             t.tools
                 .iter()
                 .filter(|s| s.state == ToolState::Failed)
-                .map(move |s| format!("{}/{}: {}", t.name, s.name, s.message.as_deref().unwrap_or("failed")))
+                .map(move |s| {
+                    format!(
+                        "{}/{}: {}",
+                        t.name,
+                        s.name,
+                        s.message.as_deref().unwrap_or("failed")
+                    )
+                })
         })
         .collect();
     failed.join("; ")
@@ -1370,8 +1531,14 @@ fn facts(cluster: &Cluster) -> TargetFacts {
         name: cluster.name_any(),
         namespace: cluster.namespace().unwrap_or_default(),
         provider: status.provider.unwrap_or_default(),
-        region: status.region.or(cluster.spec.region.clone()).unwrap_or_default(),
-        version: status.version.or(cluster.spec.version.clone()).unwrap_or_default(),
+        region: status
+            .region
+            .or(cluster.spec.region.clone())
+            .unwrap_or_default(),
+        version: status
+            .version
+            .or(cluster.spec.version.clone())
+            .unwrap_or_default(),
         endpoint: status.endpoint.unwrap_or_default(),
         labels: cluster.labels().clone(),
         annotations: cluster.annotations().clone(),
@@ -1461,7 +1628,11 @@ mod tests {
         let chart = mk_chart(Some("0.2.0"));
         assert_eq!(observe(None, &values, &chart), Observed::Missing);
         assert_eq!(
-            observe(Some(&mk_release("deployed", "0.2.0", json!({"replicas": 2.0}))), &values, &chart),
+            observe(
+                Some(&mk_release("deployed", "0.2.0", json!({"replicas": 2.0}))),
+                &values,
+                &chart
+            ),
             Observed::AsDeclared
         );
         assert!(matches!(
@@ -1469,7 +1640,11 @@ mod tests {
             Observed::Stale(why) if why == "chart version 0.1.0 is installed, 0.2.0 is declared"
         ));
         assert!(matches!(
-            observe(Some(&mk_release("deployed", "0.2.0", json!({"replicas": 3}))), &values, &chart),
+            observe(
+                Some(&mk_release("deployed", "0.2.0", json!({"replicas": 3}))),
+                &values,
+                &chart
+            ),
             Observed::Stale(_)
         ));
         assert!(matches!(
@@ -1477,14 +1652,21 @@ mod tests {
             Observed::Failed(why) if why == "release is failed: Upgrade complete"
         ));
         assert!(matches!(
-            observe(Some(&mk_release("pending-upgrade", "0.2.0", values.clone())), &values, &chart),
+            observe(
+                Some(&mk_release("pending-upgrade", "0.2.0", values.clone())),
+                &values,
+                &chart
+            ),
             Observed::Busy(_)
         ));
     }
 
     #[test]
     fn versions_match_exactly_by_range_or_not_at_all_when_undeclared() {
-        assert_eq!(version_mismatch(&mk_chart(Some("v1.19.1")), "v1.19.1"), None);
+        assert_eq!(
+            version_mismatch(&mk_chart(Some("v1.19.1")), "v1.19.1"),
+            None
+        );
         assert_eq!(version_mismatch(&mk_chart(Some("1.19.1")), "v1.19.1"), None);
         assert_eq!(version_mismatch(&mk_chart(Some("~1.19")), "1.19.4"), None);
         assert!(version_mismatch(&mk_chart(Some("~1.19")), "1.20.0").is_some());
@@ -1494,7 +1676,11 @@ mod tests {
     #[test]
     fn the_version_of_a_chart_directory_comes_from_its_chart_yaml() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("Chart.yaml"), "apiVersion: v2\nname: web\nversion: 0.3.1\n").unwrap();
+        std::fs::write(
+            dir.path().join("Chart.yaml"),
+            "apiVersion: v2\nname: web\nversion: 0.3.1\n",
+        )
+        .unwrap();
         let chart = ChartSource {
             path: Some(dir.path().display().to_string()),
             ..ChartSource::default()
@@ -1566,7 +1752,9 @@ mod tests {
     #[test]
     fn a_state_keeps_its_transition_time_while_it_holds() {
         let mut before = mk_target("a", &[ToolState::Deployed]);
-        let old = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::from_second(1000).unwrap());
+        let old = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(1000).unwrap(),
+        );
         before.tools[0].last_transition_time = Some(old.clone());
         assert_eq!(
             tool_status(Some(&before), "t0", ToolState::Deployed, None).last_transition_time,

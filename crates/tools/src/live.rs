@@ -245,7 +245,8 @@ fn same_scalar(declared: &Value, live: &Value) -> bool {
     };
     match (text(declared), text(live)) {
         (Some(d), Some(l)) => {
-            d == l || matches!((quantity(&d), quantity(&l)), (Some(a), Some(b)) if (a - b).abs() <= f64::EPSILON * a.abs().max(1.0))
+            d == l
+                || matches!((quantity(&d), quantity(&l)), (Some(a), Some(b)) if (a - b).abs() <= f64::EPSILON * a.abs().max(1.0))
         }
         _ => false,
     }
@@ -407,7 +408,8 @@ mod tests {
 
     #[test]
     fn quantities_and_numbers_written_another_way_are_equal() {
-        let declared = json!({"spec": {"cpu": "0.5", "memory": "1Gi", "port": "8080", "empty": {}}});
+        let declared =
+            json!({"spec": {"cpu": "0.5", "memory": "1Gi", "port": "8080", "empty": {}}});
         let live = json!({"spec": {"cpu": "500m", "memory": "1024Mi", "port": 8080}});
         assert!(differences(&declared, &live).is_empty());
     }
@@ -420,7 +422,10 @@ mod tests {
         let (gvk, name, namespace) = identity(&objects[1]).unwrap();
         assert_eq!((gvk.kind.as_str(), name.as_str()), ("Service", "b"));
         assert_eq!(namespace.as_deref(), Some("other"));
-        let (gvk, _, _) = identity(&json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}})).unwrap();
+        let (gvk, _, _) = identity(
+            &json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}}),
+        )
+        .unwrap();
         assert_eq!((gvk.group.as_str(), gvk.version.as_str()), ("apps", "v1"));
     }
 

@@ -54,7 +54,11 @@ fn profile_hash(cluster: &Cluster) -> Option<u64> {
     let mut hasher = DefaultHasher::new();
     cluster.spec.profile.hash(&mut hasher);
     ready(cluster).hash(&mut hasher);
-    cluster.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    cluster
+        .metadata
+        .deletion_timestamp
+        .is_some()
+        .hash(&mut hasher);
     Some(hasher.finish())
 }
 
@@ -70,7 +74,10 @@ async fn reconcile(cluster: Arc<Cluster>, client: Arc<Client>) -> Result<Action,
     let name = cluster.name_any();
     let installs: Api<ToolInstall> = Api::namespaced((*client).clone(), &namespace);
     let install = install_name(&name);
-    match (&cluster.spec.profile, cluster.metadata.deletion_timestamp.is_some()) {
+    match (
+        &cluster.spec.profile,
+        cluster.metadata.deletion_timestamp.is_some(),
+    ) {
         (Some(profile), false) => {
             // Created once the cluster is Ready; kept (and kept in step with
             // the profile) afterwards, even while the cluster is not Ready,

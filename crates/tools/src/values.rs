@@ -106,12 +106,12 @@ fn render_at(
     path: &mut Vec<String>,
 ) -> Result<Value, TemplateError> {
     Ok(match value {
-        Value::String(text) if text.contains("{{") || text.contains("{%") => {
-            Value::String(render_string(text, env, context).map_err(|message| TemplateError {
+        Value::String(text) if text.contains("{{") || text.contains("{%") => Value::String(
+            render_string(text, env, context).map_err(|message| TemplateError {
                 path: path.join("."),
                 message,
-            })?)
-        }
+            })?,
+        ),
         Value::Object(map) => {
             let mut rendered = Map::new();
             for (key, item) in map {
@@ -135,9 +135,12 @@ fn render_at(
 }
 
 fn render_string(text: &str, env: &Environment<'_>, context: &Value) -> Result<String, String> {
-    let template = env
-        .template_from_str(text)
-        .map_err(|e| format!("{text:?} is not a valid template: {}", e.detail().unwrap_or(&e.to_string())))?;
+    let template = env.template_from_str(text).map_err(|e| {
+        format!(
+            "{text:?} is not a valid template: {}",
+            e.detail().unwrap_or(&e.to_string())
+        )
+    })?;
     for reference in template.undeclared_variables(true) {
         if !resolves(context, &reference) {
             return Err(format!(
@@ -220,7 +223,8 @@ mod tests {
     #[test]
     fn null_removes_a_key_at_any_depth() {
         let tool = json!({"resources": {"limits": {"cpu": "1"}}, "debug": true});
-        let overlay = json!({"resources": {"limits": null}, "debug": null, "extra": {"a": null, "b": 1}});
+        let overlay =
+            json!({"resources": {"limits": null}, "debug": null, "extra": {"a": null, "b": 1}});
         assert_eq!(
             merged([&tool, &overlay]),
             json!({"resources": {}, "extra": {"b": 1}})
@@ -231,7 +235,10 @@ mod tests {
     fn a_map_replaces_a_scalar_and_a_scalar_replaces_a_map() {
         let base = json!({"a": 1, "b": {"c": 2}});
         let overlay = json!({"a": {"x": 1}, "b": "flat"});
-        assert_eq!(merged([&base, &overlay]), json!({"a": {"x": 1}, "b": "flat"}));
+        assert_eq!(
+            merged([&base, &overlay]),
+            json!({"a": {"x": 1}, "b": "flat"})
+        );
     }
 
     #[test]
@@ -279,7 +286,10 @@ mod tests {
 
     #[test]
     fn the_dry_run_diff_shows_changed_lines() {
-        let diff = diff(&json!({"replicas": 1, "tag": "a"}), &json!({"replicas": 2, "tag": "a"}));
+        let diff = diff(
+            &json!({"replicas": 1, "tag": "a"}),
+            &json!({"replicas": 2, "tag": "a"}),
+        );
         assert!(diff.contains("-replicas: 1"), "{diff}");
         assert!(diff.contains("+replicas: 2"), "{diff}");
         assert!(diff.contains(" tag: a"), "{diff}");

@@ -24,8 +24,8 @@ use clap::Parser;
 use fleetforge_api::{Cluster, ToolInstall, condition};
 use fleetforge_testenv::{ControlPlane, OwnedProcess, free_port, pids_mentioning, tools};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 #[derive(Debug, Parser)]
@@ -61,16 +61,28 @@ fn release_namespace(chart: &str) -> &'static str {
     }
 }
 
-async fn apply(client: &Client, resource: &kube::api::ApiResource, namespaced: bool, object: serde_json::Value) -> anyhow::Result<()> {
-    let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+async fn apply(
+    client: &Client,
+    resource: &kube::api::ApiResource,
+    namespaced: bool,
+    object: serde_json::Value,
+) -> anyhow::Result<()> {
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let api: Api<kube::api::DynamicObject> = if namespaced {
         Api::namespaced_with(client.clone(), NAMESPACE, resource)
     } else {
         Api::all_with(client.clone(), resource)
     };
-    api.patch(&name, &PatchParams::apply("bench").force(), &Patch::Apply(&object))
-        .await
-        .with_context(|| format!("applying {name}"))?;
+    api.patch(
+        &name,
+        &PatchParams::apply("bench").force(),
+        &Patch::Apply(&object),
+    )
+    .await
+    .with_context(|| format!("applying {name}"))?;
     Ok(())
 }
 
@@ -96,7 +108,11 @@ fn helm(kubeconfig: &Path, home: &Path, args: &[&str]) -> anyhow::Result<()> {
         .env("HELM_DATA_HOME", home.join("data"))
         .output()?;
     if !output.status.success() {
-        bail!("helm {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "helm {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(())
 }
@@ -110,7 +126,13 @@ async fn main() -> anyhow::Result<()> {
     fleetforge_core::crds::install(&client).await?;
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     namespaces
-        .patch(NAMESPACE, &PatchParams::apply("bench"), &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})))
+        .patch(
+            NAMESPACE,
+            &PatchParams::apply("bench"),
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}),
+            ),
+        )
         .await?;
 
     let fleetforge = match &args.fleetforge {
@@ -126,18 +148,29 @@ async fn main() -> anyhow::Result<()> {
             "--leader-elect=false".into(),
             format!("--metrics-addr=127.0.0.1:{port}"),
             format!("--tools-bin={}", tools::bin_dir().display()),
-            format!("--local-work-dir={}", work.path().join("clusters").display()),
+            format!(
+                "--local-work-dir={}",
+                work.path().join("clusters").display()
+            ),
         ],
-        &[("KUBECONFIG", &plane.kubeconfig_path().display().to_string()), ("RUST_LOG", "info")],
+        &[
+            ("KUBECONFIG", &plane.kubeconfig_path().display().to_string()),
+            ("RUST_LOG", "info"),
+        ],
         &work.path().join("controller.log"),
     )?;
 
     let provider = kube::api::ApiResource::erase::<fleetforge_api::ProviderConfig>(&());
-    apply(&client, &provider, false, json!({
-        "apiVersion": "fleetforge.dev/v1alpha1", "kind": "ProviderConfig",
-        "metadata": {"name": "local"},
-        "spec": {"provider": "local", "pollInterval": "60s", "defaults": {"region": "local"}},
-    }))
+    apply(
+        &client,
+        &provider,
+        false,
+        json!({
+            "apiVersion": "fleetforge.dev/v1alpha1", "kind": "ProviderConfig",
+            "metadata": {"name": "local"},
+            "spec": {"provider": "local", "pollInterval": "60s", "defaults": {"region": "local"}},
+        }),
+    )
     .await?;
     let names: Vec<String> = (0..args.clusters).map(|i| format!("c{i:02}")).collect();
     let cluster_resource = kube::api::ApiResource::erase::<Cluster>(&());
@@ -158,17 +191,29 @@ async fn main() -> anyhow::Result<()> {
             .await?
             .items
             .iter()
-            .filter(|c| c.status.as_ref().is_some_and(|s| fleetforge_core::conditions::is_true(&s.conditions, condition::READY)))
+            .filter(|c| {
+                c.status.as_ref().is_some_and(|s| {
+                    fleetforge_core::conditions::is_true(&s.conditions, condition::READY)
+                })
+            })
             .count();
         if ready == names.len() {
             break;
         }
         if started.elapsed() > Duration::from_secs(60 + 20 * args.clusters as u64) {
-            bail!("only {ready} of {} clusters Ready:\n{}", names.len(), controller.log_tail());
+            bail!(
+                "only {ready} of {} clusters Ready:\n{}",
+                names.len(),
+                controller.log_tail()
+            );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    println!("{} local clusters Ready after {:.1}s", names.len(), started.elapsed().as_secs_f64());
+    println!(
+        "{} local clusters Ready after {:.1}s",
+        names.len(),
+        started.elapsed().as_secs_f64()
+    );
 
     // The baseline: sequential helm, waiting for each release to be healthy.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
@@ -184,12 +229,28 @@ async fn main() -> anyhow::Result<()> {
     for (name, kubeconfig) in names.iter().zip(&kubeconfigs) {
         for chart in CHARTS {
             let values = work.path().join(format!("{name}-{chart}.json"));
-            std::fs::write(&values, json!({"host": format!("{name}.bench.example.com")}).to_string())?;
-            helm(kubeconfig, &helm_home, &[
-                "upgrade", "--install", chart, &chart_dir(chart).display().to_string(),
-                "--namespace", release_namespace(chart), "--create-namespace",
-                "--values", &values.display().to_string(), "--wait", "--timeout", "2m",
-            ])?;
+            std::fs::write(
+                &values,
+                json!({"host": format!("{name}.bench.example.com")}).to_string(),
+            )?;
+            helm(
+                kubeconfig,
+                &helm_home,
+                &[
+                    "upgrade",
+                    "--install",
+                    chart,
+                    &chart_dir(chart).display().to_string(),
+                    "--namespace",
+                    release_namespace(chart),
+                    "--create-namespace",
+                    "--values",
+                    &values.display().to_string(),
+                    "--wait",
+                    "--timeout",
+                    "2m",
+                ],
+            )?;
         }
     }
     let sequential = started.elapsed();
@@ -201,7 +262,17 @@ async fn main() -> anyhow::Result<()> {
     );
     for kubeconfig in &kubeconfigs {
         for chart in CHARTS.iter().rev() {
-            helm(kubeconfig, &helm_home, &["uninstall", chart, "--namespace", release_namespace(chart), "--wait"])?;
+            helm(
+                kubeconfig,
+                &helm_home,
+                &[
+                    "uninstall",
+                    chart,
+                    "--namespace",
+                    release_namespace(chart),
+                    "--wait",
+                ],
+            )?;
         }
     }
 
@@ -234,12 +305,20 @@ async fn main() -> anyhow::Result<()> {
     let installs: Api<ToolInstall> = Api::namespaced(client.clone(), NAMESPACE);
     loop {
         let ti = installs.get("bench").await?;
-        let deployed = ti.status.as_ref().and_then(|s| s.summary.as_ref()).map_or(0, |s| s.deployed);
+        let deployed = ti
+            .status
+            .as_ref()
+            .and_then(|s| s.summary.as_ref())
+            .map_or(0, |s| s.deployed);
         if deployed as usize == names.len() {
             break;
         }
         if started.elapsed() > Duration::from_secs(600) {
-            bail!("{deployed} of {} deployed after 600s:\n{}", names.len(), controller.log_tail());
+            bail!(
+                "{deployed} of {} deployed after 600s:\n{}",
+                names.len(),
+                controller.log_tail()
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -270,7 +349,10 @@ async fn main() -> anyhow::Result<()> {
         reads / releases / args.polls as f64,
         reads / names.len() as f64 / args.polls as f64
     );
-    println!("controller RSS {:.0} MiB", fleetforge_testenv::rss_bytes(controller.pid()).unwrap_or(0) as f64 / 1048576.0);
+    println!(
+        "controller RSS {:.0} MiB",
+        fleetforge_testenv::rss_bytes(controller.pid()).unwrap_or(0) as f64 / 1048576.0
+    );
 
     // Clean up: uninstall everywhere, delete the clusters.
     let started = Instant::now();
@@ -278,11 +360,19 @@ async fn main() -> anyhow::Result<()> {
     while installs.get_opt("bench").await?.is_some() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    println!("ToolInstall deleted (uninstalled everywhere) in {:.1}s", started.elapsed().as_secs_f64());
+    println!(
+        "ToolInstall deleted (uninstalled everywhere) in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     for name in &names {
         clusters.delete(name, &DeleteParams::default()).await?;
     }
-    while !clusters.list(&ListParams::default()).await?.items.is_empty() {
+    while !clusters
+        .list(&ListParams::default())
+        .await?
+        .items
+        .is_empty()
+    {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     drop(controller);
