@@ -274,6 +274,7 @@ async fn reconcile(ti: Arc<ToolInstall>, ctx: Arc<Context>) -> Result<Action, Er
     };
     let clusters: Api<Cluster> = Api::namespaced(ctx.client.clone(), &namespace);
     let clusters = clusters.list(&ListParams::default()).await?.items;
+    forget_gone_clusters(&ctx, &namespace, &clusters).await;
     let selection = select(&ti, &clusters);
     let values_from = pass.values_from().await?;
 
@@ -368,6 +369,11 @@ async fn finalize(
         }
     }
     if remaining.is_empty() {
+        let prefix = format!("{}/", pass.owner);
+        ctx.failures
+            .lock()
+            .expect("failures")
+            .retain(|key, _| !key.starts_with(&prefix));
         let finalizers: Vec<&String> = ti.finalizers().iter().filter(|f| *f != FINALIZER).collect();
         api.patch(
             &ti.name_any(),
@@ -395,6 +401,23 @@ async fn finalize(
         .await?;
     pass.write_status(api, outcome).await?;
     Ok(Action::requeue(Duration::from_secs(10)))
+}
+
+/// Drops the connections (and kubeconfig files) of Clusters in `namespace`
+/// that no longer exist.
+async fn forget_gone_clusters(ctx: &Context, namespace: &str, clusters: &[Cluster]) {
+    let prefix = format!("{namespace}/");
+    let mut connections = ctx.connections.lock().await;
+    connections.retain(|key, connection| {
+        let Some(name) = key.strip_prefix(&prefix) else {
+            return true;
+        };
+        let exists = clusters.iter().any(|c| c.name_any() == name);
+        if !exists {
+            let _ = std::fs::remove_file(&connection.kubeconfig);
+        }
+        exists
+    });
 }
 
 /// A target chosen by the selection; `cluster` is None when `clusterNames`
