@@ -30,8 +30,8 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::helm::{self, Helm, HelmError, OWNER_LABEL, Release, ReleaseRequest};
-use crate::live::Objects;
 use crate::metrics::ToolMetrics;
+use crate::target::{Connection, Connections};
 use crate::values::{self, TargetFacts};
 
 /// Settings of the ToolInstall controller.
@@ -52,9 +52,11 @@ pub struct Context {
     client: Client,
     helm: Helm,
     charts_dir: PathBuf,
-    work: tempfile::TempDir,
+    /// Helm's home and the kubeconfig files; removed when the controller
+    /// stops.
+    _work: tempfile::TempDir,
     recorder: Recorder,
-    connections: tokio::sync::Mutex<HashMap<String, Arc<Connection>>>,
+    connections: Connections,
     failures: Mutex<HashMap<String, Failure>>,
     metrics: Arc<ToolMetrics>,
 }
@@ -65,13 +67,6 @@ impl std::fmt::Debug for Context {
             .field("helm", &self.helm)
             .finish_non_exhaustive()
     }
-}
-
-/// A reachable target: its kubeconfig as a file for helm, and a client.
-struct Connection {
-    fingerprint: u64,
-    kubeconfig: PathBuf,
-    objects: Objects,
 }
 
 /// A failed install, retried with backoff until what is declared changes.
@@ -106,13 +101,15 @@ pub async fn run(
         std::fs::create_dir_all(work.path().join(dir))
             .map_err(|e| format!("creating the Helm work directory: {e}"))?;
     }
+    let connections = Connections::new(work.path().join("kubeconfigs"))
+        .map_err(|e| format!("creating the kubeconfig directory: {e}"))?;
     let context = Arc::new(Context {
         helm: Helm::new(options.helm.clone(), work.path().to_path_buf()),
         charts_dir: options.charts_dir.clone(),
-        work,
+        _work: work,
         recorder: Recorder::new(client.clone(), "fleetforge-tools"),
         client: client.clone(),
-        connections: tokio::sync::Mutex::new(HashMap::new()),
+        connections,
         failures: Mutex::new(HashMap::new()),
         metrics,
     });
@@ -406,18 +403,11 @@ async fn finalize(
 /// Drops the connections (and kubeconfig files) of Clusters in `namespace`
 /// that no longer exist.
 async fn forget_gone_clusters(ctx: &Context, namespace: &str, clusters: &[Cluster]) {
-    let prefix = format!("{namespace}/");
-    let mut connections = ctx.connections.lock().await;
-    connections.retain(|key, connection| {
-        let Some(name) = key.strip_prefix(&prefix) else {
-            return true;
-        };
-        let exists = clusters.iter().any(|c| c.name_any() == name);
-        if !exists {
-            let _ = std::fs::remove_file(&connection.kubeconfig);
-        }
-        exists
-    });
+    ctx.connections
+        .retain(namespace, |name| {
+            clusters.iter().any(|c| c.name_any() == name)
+        })
+        .await;
 }
 
 /// A target chosen by the selection; `cluster` is None when `clusterNames`
@@ -1187,45 +1177,11 @@ impl<'a> Pass<'a> {
     /// the Secret is unchanged.
     async fn connect(&self, cluster: &Cluster) -> Result<Arc<Connection>, String> {
         let name = cluster.name_any();
-        let secret_name = cluster.spec.connection_secret_name(&name);
-        let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
-        let secret = secrets
-            .get_opt(&secret_name)
+        let secret = cluster.spec.connection_secret_name(&name);
+        self.ctx
+            .connections
+            .connect(&self.ctx.client, &self.namespace, &name, &secret, "value")
             .await
-            .map_err(|e| format!("reading Secret {secret_name}: {e}"))?
-            .ok_or_else(|| format!("waiting for the kubeconfig Secret {secret_name}"))?;
-        let kubeconfig = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get("value"))
-            .ok_or_else(|| format!("Secret {secret_name} has no key value"))?;
-        let mut hasher = DefaultHasher::new();
-        kubeconfig.0.hash(&mut hasher);
-        let fingerprint = hasher.finish();
-        let key = format!("{}/{name}", self.namespace);
-        let mut connections = self.ctx.connections.lock().await;
-        if let Some(existing) = connections.get(&key)
-            && existing.fingerprint == fingerprint
-        {
-            return Ok(existing.clone());
-        }
-        let path = self
-            .ctx
-            .work
-            .path()
-            .join("kubeconfigs")
-            .join(format!("{}--{name}", self.namespace));
-        write_private(&path, &kubeconfig.0).map_err(|e| format!("writing the kubeconfig: {e}"))?;
-        let client = client_from(&kubeconfig.0)
-            .await
-            .map_err(|e| format!("the kubeconfig in Secret {secret_name} is unusable: {e}"))?;
-        let connection = Arc::new(Connection {
-            fingerprint,
-            kubeconfig: path,
-            objects: Objects::new(client),
-        });
-        connections.insert(key, connection.clone());
-        Ok(connection)
     }
 
     fn failure(&self, key: &str, fingerprint: u64) -> Option<Failure> {
@@ -1590,31 +1546,6 @@ fn is_empty(value: &Value) -> bool {
         Value::Object(m) => m.is_empty(),
         _ => false,
     }
-}
-
-fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(content)
-}
-
-/// A client for a target from its kubeconfig, failing fast when the target
-/// is down.
-async fn client_from(kubeconfig: &[u8]) -> Result<Client, String> {
-    let text = std::str::from_utf8(kubeconfig).map_err(|e| e.to_string())?;
-    let parsed = kube::config::Kubeconfig::from_yaml(text).map_err(|e| e.to_string())?;
-    let mut config = kube::Config::from_custom_kubeconfig(parsed, &Default::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    config.connect_timeout = Some(Duration::from_secs(5));
-    config.read_timeout = Some(Duration::from_secs(20));
-    Client::try_from(config).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod install;
 pub mod live;
 pub mod metrics;
 pub mod profile;
+pub mod target;
 pub mod values;
 
 pub use install::{ToolOptions, run};
