@@ -14,6 +14,9 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
+pub mod local;
+pub mod vcluster;
+
 pub use fleetforge_testenv::tools::workspace_root;
 
 /// The `fleetforge` binary cargo built next to this test binary

@@ -70,6 +70,14 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                     &["get", "list", "watch", "create", "patch", "delete"],
                 ),
                 rule("fleetforge.dev", &["toolinstalls/status"], &["patch"]),
+                // VirtualClusters: finalizer and status (the vcluster itself
+                // is installed with the host Cluster's own kubeconfig).
+                rule(
+                    "fleetforge.dev",
+                    &["virtualclusters"],
+                    &["get", "list", "watch", "patch"],
+                ),
+                rule("fleetforge.dev", &["virtualclusters/status"], &["patch"]),
                 // Read credentials and targets' kubeconfigs; write and
                 // remove connection Secrets.
                 rule("", &["secrets"], &["get", "create", "patch", "delete"]),

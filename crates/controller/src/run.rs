@@ -148,6 +148,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let (toolsets_stop, toolsets_stopped) = tokio::sync::oneshot::channel::<()>();
     let (installs_stop, installs_stopped) = tokio::sync::oneshot::channel::<()>();
     let (profiles_stop, profiles_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (virtual_stop, virtual_stopped) = tokio::sync::oneshot::channel::<()>();
     {
         let candidate = candidate.clone();
         let lost = lost.clone();
@@ -164,6 +165,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             let _ = toolsets_stop.send(());
             let _ = installs_stop.send(());
             let _ = profiles_stop.send(());
+            let _ = virtual_stop.send(());
         });
     }
     let shutdown = async move {
@@ -198,6 +200,17 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         fleetforge_tools::profile::run(client.clone(), args.namespace.clone(), async move {
             let _ = profiles_stopped.await;
         });
+    let virtual_clusters = fleetforge_provider_vcluster::run(
+        client.clone(),
+        fleetforge_provider_vcluster::VirtualClusterOptions {
+            helm: helm_binary(&args.tools_bin),
+            namespace: args.namespace.clone(),
+            charts_dir: absolute(&args.charts_dir),
+        },
+        async move {
+            let _ = virtual_stopped.await;
+        },
+    );
     let clusters = fleetforge_core::run::<Cluster>(
         client,
         crate::providers::clusters(&args.local()),
@@ -205,9 +218,13 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         options,
         shutdown,
     );
-    let (_, _, installs, _) = tokio::join!(clusters, toolsets, installs, profiles);
+    let (_, _, installs, _, virtual_clusters) =
+        tokio::join!(clusters, toolsets, installs, profiles, virtual_clusters);
     if let Err(e) = installs {
         anyhow::bail!("the ToolInstall controller could not start: {e}");
+    }
+    if let Err(e) = virtual_clusters {
+        anyhow::bail!("the VirtualCluster controller could not start: {e}");
     }
 
     if lost.load(Ordering::Relaxed) {

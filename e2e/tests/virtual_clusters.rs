@@ -1,0 +1,97 @@
+//! VirtualClusters on a real local host Cluster, through the built
+//! controller under its RBAC: the (stand-in) vcluster chart becomes a real
+//! Helm release on the host; once the syncer stand-in has written
+//! `vc-<name>`, the VirtualCluster is Ready and its connection Secret
+//! reaches a real API server; deleting it uninstalls the release, removes
+//! the namespace and the Secret. What is simulated is said in
+//! `e2e/src/vcluster.rs`.
+
+use std::time::Duration;
+
+use fleetforge_api::VirtualCluster;
+use fleetforge_api::virtual_cluster::VirtualClusterPhase;
+use fleetforge_e2e::local::{
+    Cleanup, WAIT, apply, await_clusters_ready, delete_clusters, local_clusters, release_names,
+    start, target_client, target_kubeconfig,
+};
+use fleetforge_e2e::vcluster::SyncerStandIn;
+use fleetforge_e2e::{await_event, install, workspace_root};
+use fleetforge_testenv::{await_condition, shared};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::json;
+
+#[tokio::test]
+async fn a_virtual_cluster_comes_up_on_its_host_and_goes_without_a_trace() {
+    install();
+    let work = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(work.path().to_path_buf());
+    shared()
+        .with_temp_ns(|client, ns| async move {
+            let controller = start(&client, &ns, work.path()).await;
+            local_clusters(&client, &ns, &[("host", json!({}))]).await;
+            await_clusters_ready(&client, &ns, &["host"], &controller).await;
+            let host_kubeconfig = target_kubeconfig(&client, &ns, "host", work.path()).await;
+            let _syncer = SyncerStandIn::start(&host_kubeconfig, &work.path().join("virtual")).await;
+
+            let chart = workspace_root().join("e2e/charts/vcluster");
+            apply(
+                &client,
+                Some(&ns),
+                json!({
+                    "apiVersion": "fleetforge.dev/v1alpha1", "kind": "VirtualCluster",
+                    "metadata": {"name": "team-a"},
+                    "spec": {
+                        "host": {"clusterRef": {"name": "host"}},
+                        "chart": {"repository": chart.display().to_string(), "name": "vcluster", "version": "0.1.0"},
+                        "values": {"sync": {"toHost": {"ingresses": {"enabled": true}}}},
+                    },
+                }),
+            )
+            .await;
+            let api: Api<VirtualCluster> = Api::namespaced(client.clone(), &ns);
+            let ready = await_condition(&api, "team-a", "the virtual cluster to be Ready", WAIT, |vc: Option<&VirtualCluster>| {
+                vc.and_then(|v| v.status.as_ref()).is_some_and(|s| s.phase == Some(VirtualClusterPhase::Ready))
+            })
+            .await;
+            let vc = match ready {
+                Ok(vc) => vc.unwrap(),
+                Err(e) => panic!("{e}\n{}", controller.process.log_tail()),
+            };
+            let status = vc.status.unwrap();
+            assert_eq!(status.host.as_deref(), Some("host"));
+            assert_eq!(status.version.as_deref(), Some("0.1.0"));
+            assert!(status.endpoint.as_deref().unwrap_or_default().starts_with("https://127.0.0.1:"), "{status:?}");
+            await_event(&client, &ns, "Installed", "installed the vcluster chart 0.1.0 into vcluster-team-a on host", &controller).await;
+
+            // A real release on the host, with the declared values.
+            assert_eq!(release_names(&host_kubeconfig), ["team-a"]);
+
+            // The connection Secret reaches the virtual cluster's own API:
+            // a namespace made there is not on the host.
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+            let secret = secrets.get("team-a-kubeconfig").await.unwrap();
+            let kubeconfig = work.path().join("team-a.kubeconfig");
+            std::fs::write(&kubeconfig, &secret.data.unwrap()["value"].0).unwrap();
+            let inside = target_client(&kubeconfig).await;
+            let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": "only-inside"}})).unwrap();
+            Api::<Namespace>::all(inside.clone()).create(&PostParams::default(), &namespace).await.unwrap();
+            let host = target_client(&host_kubeconfig).await;
+            assert!(Api::<Namespace>::all(host.clone()).get_opt("only-inside").await.unwrap().is_none());
+            assert!(Api::<Namespace>::all(host.clone()).get_opt("vcluster-team-a").await.unwrap().is_some());
+
+            // Deleting uninstalls the release and removes its namespace and
+            // the connection Secret.
+            api.delete("team-a", &DeleteParams::default()).await.unwrap();
+            let gone = await_condition(&api, "team-a", "the VirtualCluster to go", WAIT, |vc: Option<&VirtualCluster>| vc.is_none()).await;
+            assert!(gone.is_ok(), "{gone:?}\n{}", controller.process.log_tail());
+            assert!(release_names(&host_kubeconfig).is_empty());
+            assert!(secrets.get_opt("team-a-kubeconfig").await.unwrap().is_none());
+            let namespaces: Api<Namespace> = Api::all(host.clone());
+            let removed = await_condition(&namespaces, "vcluster-team-a", "the host namespace to go", Duration::from_secs(60), |n: Option<&Namespace>| n.is_none()).await;
+            assert!(removed.is_ok(), "{removed:?}");
+
+            delete_clusters(&client, &ns, &["host"]).await;
+        })
+        .await;
+}

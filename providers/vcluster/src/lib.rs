@@ -1,0 +1,685 @@
+//! VirtualClusters: the vcluster Helm chart installed as a real release on a
+//! host Cluster, the virtual cluster's kubeconfig (vcluster writes it to the
+//! Secret `vc-<name>`, key `config`, in its namespace) read back, its server
+//! address made reachable from the controller, and published as the
+//! connection Secret `<name>-kubeconfig` (key `value`), as Cluster API does.
+//! Deleting uninstalls the release and removes the namespace.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetforge_api::tool_set::ChartSource;
+use fleetforge_api::virtual_cluster::{VirtualClusterChart, VirtualClusterPhase};
+use fleetforge_api::{
+    Cluster, FIELD_MANAGER, FINALIZER, VirtualCluster, annotation, condition, label,
+};
+use fleetforge_core::conditions::{self, Desired};
+use fleetforge_core::events::{EventType, Recorder};
+use fleetforge_tools::helm::{self, Helm, OWNER_LABEL, ReleaseRequest};
+use fleetforge_tools::install::values_equal;
+use fleetforge_tools::target::{Connection, Connections, client_from};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{Value, json};
+
+/// The upstream chart installed when `spec.chart` is left out.
+pub const DEFAULT_CHART: (&str, &str, &str) = ("https://charts.loft.sh", "vcluster", "0.36.0");
+
+/// Settings of the VirtualCluster controller.
+#[derive(Debug, Clone)]
+pub struct VirtualClusterOptions {
+    /// The `helm` binary.
+    pub helm: std::path::PathBuf,
+    /// Only VirtualClusters in this namespace (default: all).
+    pub namespace: Option<String>,
+    /// Where relative chart paths are resolved.
+    pub charts_dir: std::path::PathBuf,
+}
+
+struct Context {
+    client: Client,
+    helm: Helm,
+    connections: Connections,
+    recorder: Recorder,
+    charts_dir: std::path::PathBuf,
+    _work: tempfile::TempDir,
+}
+
+/// Errors retried as a whole.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// Runs the VirtualCluster controller until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    options: VirtualClusterOptions,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), String> {
+    let work = tempfile::Builder::new()
+        .prefix("fleetforge-vcluster-")
+        .tempdir()
+        .map_err(|e| format!("creating the work directory: {e}"))?;
+    let context = Arc::new(Context {
+        helm: Helm::new(options.helm.clone(), work.path().to_path_buf()),
+        connections: Connections::new(work.path().join("kubeconfigs"))
+            .map_err(|e| format!("creating the work directory: {e}"))?,
+        recorder: Recorder::new(client.clone(), "fleetforge-vcluster"),
+        client: client.clone(),
+        charts_dir: options.charts_dir.clone(),
+        _work: work,
+    });
+    let api: Api<VirtualCluster> = match &options.namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    let (store, writer) = reflector::store::<VirtualCluster>();
+    let events = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|vc: &mut VirtualCluster| vc.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(trigger_hash, Default::default());
+    Controller::for_stream(events, store)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+    Ok(())
+}
+
+/// Spec, annotation, finalizer and deletion changes trigger a pass; our
+/// own status writes do not.
+fn trigger_hash(vc: &VirtualCluster) -> Option<u64> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    vc.metadata.generation.hash(&mut hasher);
+    vc.metadata.annotations.hash(&mut hasher);
+    vc.metadata.finalizers.hash(&mut hasher);
+    vc.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+fn error_policy(vc: Arc<VirtualCluster>, error: &Error, _: Arc<Context>) -> Action {
+    tracing::warn!(name = %vc.name_any(), "VirtualCluster: {error}");
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// Where a VirtualCluster stands after one pass.
+struct Outcome {
+    phase: VirtualClusterPhase,
+    ready: Desired,
+    synced: Desired,
+    host: Option<String>,
+    version: Option<String>,
+    endpoint: Option<String>,
+    requeue: Duration,
+}
+
+impl Outcome {
+    fn waiting(phase: VirtualClusterPhase, reason: &str, message: String) -> Self {
+        Self {
+            phase,
+            ready: Desired::no(condition::READY, reason, message.clone()),
+            synced: Desired::yes(condition::SYNCED, reason, message),
+            host: None,
+            version: None,
+            endpoint: None,
+            requeue: Duration::from_secs(3),
+        }
+    }
+
+    fn refused(reason: &str, message: String) -> Self {
+        Self {
+            phase: VirtualClusterPhase::Failed,
+            ready: Desired::no(condition::READY, reason, message.clone()),
+            synced: Desired::no(condition::SYNCED, reason, message),
+            host: None,
+            version: None,
+            endpoint: None,
+            requeue: Duration::from_secs(60),
+        }
+    }
+}
+
+async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = vc.namespace().unwrap_or_default();
+    let api: Api<VirtualCluster> = Api::namespaced(ctx.client.clone(), &namespace);
+    if vc.metadata.deletion_timestamp.is_some() {
+        return finalize(&vc, &ctx, &api).await;
+    }
+    if vc.spec.paused {
+        return Ok(Action::await_change());
+    }
+    if !vc.finalizers().iter().any(|f| f == FINALIZER) {
+        let patch = json!({
+            "apiVersion": "fleetforge.dev/v1alpha1", "kind": "VirtualCluster",
+            "metadata": {"finalizers": [FINALIZER]},
+        });
+        api.patch(
+            &vc.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    }
+    let outcome = sync(&vc, &ctx).await?;
+    for (type_, reason, note) in events(&vc, &outcome) {
+        ctx.recorder
+            .publish(&vc.object_ref(&()), type_, reason, "Reconcile", &note)
+            .await?;
+    }
+    let requeue = outcome.requeue;
+    write_status(&vc, &api, outcome).await?;
+    Ok(Action::requeue(requeue))
+}
+
+/// An event when the phase changes.
+fn events(vc: &VirtualCluster, outcome: &Outcome) -> Vec<(EventType, &'static str, String)> {
+    let before = vc.status.as_ref().and_then(|s| s.phase);
+    if before == Some(outcome.phase) {
+        return Vec::new();
+    }
+    match outcome.phase {
+        VirtualClusterPhase::Ready => vec![(
+            EventType::Normal,
+            "Ready",
+            format!(
+                "{} answers at {}",
+                vc.name_any(),
+                outcome.endpoint.as_deref().unwrap_or_default()
+            ),
+        )],
+        VirtualClusterPhase::Failed => {
+            vec![(EventType::Warning, "Failed", outcome.synced.message.clone())]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The host Cluster and a connection to it, or why not yet.
+async fn host(
+    vc: &VirtualCluster,
+    ctx: &Context,
+) -> Result<Result<(Cluster, Arc<Connection>), Outcome>, Error> {
+    let namespace = vc.namespace().unwrap_or_default();
+    let Some(reference) = &vc.spec.host.cluster_ref else {
+        return Ok(Err(Outcome::refused(
+            "HostUnsupported",
+            "spec.host.clusterRef: hosting on the management cluster is not supported yet; name a Cluster".into(),
+        )));
+    };
+    let clusters: Api<Cluster> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(cluster) = clusters.get_opt(&reference.name).await? else {
+        return Ok(Err(Outcome::waiting(
+            VirtualClusterPhase::Pending,
+            "HostNotFound",
+            format!(
+                "spec.host.clusterRef: no Cluster {} in namespace {namespace}",
+                reference.name
+            ),
+        )));
+    };
+    let ready = cluster
+        .status
+        .as_ref()
+        .is_some_and(|s| conditions::is_true(&s.conditions, condition::READY));
+    if !ready {
+        return Ok(Err(Outcome::waiting(
+            VirtualClusterPhase::Pending,
+            "HostNotReady",
+            format!("waiting for Cluster {} to be Ready", reference.name),
+        )));
+    }
+    let secret = cluster.spec.connection_secret_name(&reference.name);
+    match ctx
+        .connections
+        .connect(&ctx.client, &namespace, &reference.name, &secret, "value")
+        .await
+    {
+        Ok(connection) => Ok(Ok((cluster, connection))),
+        Err(message) => Ok(Err(Outcome::waiting(
+            VirtualClusterPhase::Pending,
+            "HostUnreachable",
+            message,
+        ))),
+    }
+}
+
+fn release_namespace(vc: &VirtualCluster) -> String {
+    vc.spec
+        .namespace
+        .clone()
+        .unwrap_or_else(|| format!("vcluster-{}", vc.name_any()))
+}
+
+/// `spec.chart` (or the default upstream chart) as a Helm chart source.
+fn chart_source(chart: Option<&VirtualClusterChart>, charts_dir: &std::path::Path) -> ChartSource {
+    let (repository, name, version) = match chart {
+        Some(c) => (c.repository.as_str(), c.name.as_str(), c.version.as_str()),
+        None => DEFAULT_CHART,
+    };
+    let version = Some(version.to_string());
+    if repository.starts_with("http://") || repository.starts_with("https://") {
+        ChartSource {
+            repository: Some(repository.to_string()),
+            name: Some(name.to_string()),
+            version,
+            ..ChartSource::default()
+        }
+    } else if repository.starts_with("oci://") {
+        ChartSource {
+            oci: Some(format!("{}/{name}", repository.trim_end_matches('/'))),
+            version,
+            ..ChartSource::default()
+        }
+    } else {
+        ChartSource {
+            path: Some(charts_dir.join(repository).display().to_string()),
+            version,
+            ..ChartSource::default()
+        }
+    }
+}
+
+/// The server a kubeconfig names: `exportKubeConfig.server` when the values
+/// set it (how the vcluster is exposed), else what vcluster wrote.
+fn declared_server(values: &Value) -> Option<String> {
+    values
+        .pointer("/exportKubeConfig/server")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+/// The kubeconfig with every cluster's server set to `server`.
+fn with_server(kubeconfig: &str, server: Option<&str>) -> Result<(String, String), String> {
+    let mut parsed = kube::config::Kubeconfig::from_yaml(kubeconfig).map_err(|e| e.to_string())?;
+    let mut found = None;
+    for named in &mut parsed.clusters {
+        if let Some(cluster) = named.cluster.as_mut() {
+            if let Some(server) = server {
+                cluster.server = Some(server.to_string());
+            }
+            found = found.or(cluster.server.clone());
+        }
+    }
+    let found = found.ok_or("the kubeconfig names no server")?;
+    let text = serde_saphyr::to_string(&parsed).map_err(|e| e.to_string())?;
+    Ok((text, found))
+}
+
+async fn sync(vc: &VirtualCluster, ctx: &Context) -> Result<Outcome, Error> {
+    let name = vc.name_any();
+    let namespace = vc.namespace().unwrap_or_default();
+    let (cluster, connection) = match host(vc, ctx).await? {
+        Ok(found) => found,
+        Err(outcome) => return Ok(outcome),
+    };
+    let host_name = cluster.name_any();
+    let on_host = |mut outcome: Outcome| {
+        outcome.host = Some(host_name.clone());
+        outcome
+    };
+    let release_ns = release_namespace(vc);
+    let chart = chart_source(vc.spec.chart.as_ref(), &ctx.charts_dir);
+    let values = vc.spec.values.clone().unwrap_or_else(|| json!({}));
+    let owner = format!("{namespace}.{name}");
+
+    let releases = match helm::releases(connection.objects.client()).await {
+        Ok(releases) => releases,
+        Err(e) => {
+            return Ok(on_host(Outcome::waiting(
+                VirtualClusterPhase::Pending,
+                "HostUnreachable",
+                e.to_string(),
+            )));
+        }
+    };
+    let release = releases.get(&(release_ns.clone(), name.clone()));
+    if let Some(other) = release.and_then(|r| r.labels.get(OWNER_LABEL))
+        && other != &owner
+    {
+        return Ok(on_host(Outcome::refused(
+            "ReleaseTaken",
+            format!("release {release_ns}/{name} on {host_name} belongs to {other}"),
+        )));
+    }
+    let declared_version = chart.version.clone().unwrap_or_default();
+    let up_to_date = release.is_some_and(|r| {
+        r.status == "deployed"
+            && r.chart_version.trim_start_matches('v') == declared_version.trim_start_matches('v')
+            && values_equal(&r.values, &values)
+    });
+    if !up_to_date {
+        let labels: BTreeMap<String, String> = [(OWNER_LABEL.to_string(), owner.clone())].into();
+        let request = ReleaseRequest {
+            name: &name,
+            namespace: &release_ns,
+            chart: &chart,
+            values: &values,
+            labels: &labels,
+        };
+        if let Err(e) = ctx.helm.upgrade(&connection.kubeconfig, &request).await {
+            let mut outcome = on_host(Outcome::refused("InstallFailed", format!("helm: {e}")));
+            outcome.requeue = Duration::from_secs(30);
+            return Ok(outcome);
+        }
+        let verb = if release.is_some() {
+            "upgraded"
+        } else {
+            "installed"
+        };
+        ctx.recorder
+            .publish(
+                &vc.object_ref(&()),
+                EventType::Normal,
+                "Installed",
+                "Install",
+                &format!(
+                    "{verb} the vcluster chart {declared_version} into {release_ns} on {host_name}"
+                ),
+            )
+            .await?;
+    }
+
+    // vcluster writes its kubeconfig once its API serves.
+    let secrets: Api<Secret> = Api::namespaced(connection.objects.client().clone(), &release_ns);
+    let vc_secret = format!("vc-{name}");
+    let kubeconfig = match secrets.get_opt(&vc_secret).await {
+        Ok(Some(secret)) => secret.data.and_then(|d| {
+            d.get("config")
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        }),
+        Ok(None) => None,
+        Err(e) => {
+            return Ok(on_host(Outcome::waiting(
+                VirtualClusterPhase::Provisioning,
+                "HostUnreachable",
+                e.to_string(),
+            )));
+        }
+    };
+    let Some(kubeconfig) = kubeconfig else {
+        let mut outcome = on_host(Outcome::waiting(
+            VirtualClusterPhase::Provisioning,
+            "WaitingForKubeconfig",
+            format!(
+                "waiting for the vcluster to write Secret {release_ns}/{vc_secret} on {host_name}"
+            ),
+        ));
+        outcome.version = Some(declared_version);
+        return Ok(outcome);
+    };
+    let (kubeconfig, server) = match with_server(&kubeconfig, declared_server(&values).as_deref()) {
+        Ok(found) => found,
+        Err(e) => {
+            return Ok(on_host(Outcome::refused(
+                "KubeconfigUnusable",
+                format!("Secret {release_ns}/{vc_secret}: {e}"),
+            )));
+        }
+    };
+    let reachable = match client_from(kubeconfig.as_bytes()).await {
+        Ok(client) => client.apiserver_version().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = reachable {
+        let mut outcome = on_host(Outcome::waiting(
+            VirtualClusterPhase::Provisioning,
+            "Unreachable",
+            format!(
+                "the virtual cluster's API at {server} does not answer ({e}); if it is exposed \
+                 elsewhere, set spec.values.exportKubeConfig.server to an address the controller reaches"
+            ),
+        ));
+        outcome.requeue = Duration::from_secs(10);
+        return Ok(outcome);
+    }
+    publish_secret(vc, ctx, &kubeconfig).await?;
+    Ok(Outcome {
+        phase: VirtualClusterPhase::Ready,
+        ready: Desired::yes(
+            condition::READY,
+            "Available",
+            format!("{name} answers at {server}"),
+        ),
+        synced: Desired::yes(
+            condition::SYNCED,
+            "Synced",
+            "the vcluster release matches the spec",
+        ),
+        host: Some(host_name),
+        version: Some(declared_version),
+        endpoint: Some(server),
+        requeue: fleetforge_core::managed::jittered(Duration::from_secs(60), 0.1),
+    })
+}
+
+fn connection_secret_name(vc: &VirtualCluster) -> String {
+    vc.spec
+        .write_connection_secret_to_ref
+        .as_ref()
+        .map(|r| r.name.clone())
+        .unwrap_or_else(|| format!("{}-kubeconfig", vc.name_any()))
+}
+
+async fn publish_secret(vc: &VirtualCluster, ctx: &Context, kubeconfig: &str) -> Result<(), Error> {
+    let namespace = vc.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let name = connection_secret_name(vc);
+    let owner = vc.controller_owner_ref(&());
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "labels": {label::MANAGED_BY: "fleetforge", label::INSTANCE: vc.name_any()},
+            "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
+        },
+        "type": "Opaque",
+        "stringData": {"value": kubeconfig},
+    });
+    secrets
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn write_status(
+    vc: &VirtualCluster,
+    api: &Api<VirtualCluster>,
+    outcome: Outcome,
+) -> Result<(), Error> {
+    let previous = vc.status.clone().unwrap_or_default();
+    let generation = vc.metadata.generation;
+    let conditions = conditions::merge(
+        &previous.conditions,
+        &[outcome.ready, outcome.synced],
+        generation,
+        &conditions::now(),
+    );
+    let status = json!({
+        "phase": outcome.phase,
+        "conditions": conditions,
+        "observedGeneration": generation,
+        "host": outcome.host,
+        "version": outcome.version,
+        "endpoint": outcome.endpoint,
+    });
+    if serde_json::to_value(&previous).unwrap_or_default() == status {
+        return Ok(());
+    }
+    api.patch_status(
+        &vc.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&json!({
+            "apiVersion": "fleetforge.dev/v1alpha1", "kind": "VirtualCluster", "status": status,
+        })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletion: uninstall the release, remove its namespace on the host and
+/// the connection Secret, then drop the finalizer.
+async fn finalize(
+    vc: &VirtualCluster,
+    ctx: &Context,
+    api: &Api<VirtualCluster>,
+) -> Result<Action, Error> {
+    if !vc.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let name = vc.name_any();
+    let force = vc
+        .annotations()
+        .get(annotation::FORCE_REMOVE)
+        .is_some_and(|v| v == "true");
+    match host(vc, ctx).await? {
+        Ok((cluster, connection)) => {
+            let release_ns = release_namespace(vc);
+            let uninstalled = ctx
+                .helm
+                .uninstall(&connection.kubeconfig, &name, &release_ns)
+                .await;
+            if let Err(e) = uninstalled
+                && !force
+            {
+                ctx.recorder
+                    .publish(
+                        &vc.object_ref(&()),
+                        EventType::Warning,
+                        "UninstallFailed",
+                        "Delete",
+                        &e.to_string(),
+                    )
+                    .await?;
+                return Ok(Action::requeue(Duration::from_secs(15)));
+            }
+            let namespaces: Api<Namespace> = Api::all(connection.objects.client().clone());
+            match namespaces
+                .delete(&release_ns, &DeleteParams::default())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) if !force => {
+                    tracing::warn!(vcluster = %name, "deleting namespace {release_ns}: {e}");
+                    return Ok(Action::requeue(Duration::from_secs(15)));
+                }
+                Err(_) => {}
+            }
+            ctx.recorder
+                .publish(
+                    &vc.object_ref(&()),
+                    EventType::Normal,
+                    "Uninstalled",
+                    "Delete",
+                    &format!(
+                        "uninstalled {name} and removed namespace {release_ns} on {}",
+                        cluster.name_any()
+                    ),
+                )
+                .await?;
+        }
+        // A host that is gone (or going) takes the virtual cluster with it;
+        // an unreachable one holds the finalizer unless forced.
+        Err(outcome) if outcome.synced.reason == "HostUnreachable" && !force => {
+            ctx.recorder
+                .publish(
+                    &vc.object_ref(&()),
+                    EventType::Warning,
+                    "UninstallBlocked",
+                    "Delete",
+                    &format!(
+                        "{}; annotate with {}=true to remove without uninstalling",
+                        outcome.synced.message,
+                        annotation::FORCE_REMOVE
+                    ),
+                )
+                .await?;
+            return Ok(Action::requeue(Duration::from_secs(10)));
+        }
+        Err(_) => {}
+    }
+    let secrets: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &vc.namespace().unwrap_or_default());
+    match secrets
+        .delete(&connection_secret_name(vc), &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    let finalizers: Vec<&String> = vc.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
+    )
+    .await?;
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chart_source_follows_the_repository_form() {
+        let dir = std::path::Path::new("/repo");
+        let default = chart_source(None, dir);
+        assert_eq!(
+            default.repository.as_deref(),
+            Some("https://charts.loft.sh")
+        );
+        assert_eq!(default.name.as_deref(), Some("vcluster"));
+        let oci = chart_source(
+            Some(&VirtualClusterChart {
+                repository: "oci://ghcr.io/loft-sh/charts/".into(),
+                name: "vcluster".into(),
+                version: "0.36.0".into(),
+            }),
+            dir,
+        );
+        assert_eq!(
+            oci.oci.as_deref(),
+            Some("oci://ghcr.io/loft-sh/charts/vcluster")
+        );
+        let local = chart_source(
+            Some(&VirtualClusterChart {
+                repository: "charts/vcluster".into(),
+                name: "vcluster".into(),
+                version: "0.1.0".into(),
+            }),
+            dir,
+        );
+        assert_eq!(local.path.as_deref(), Some("/repo/charts/vcluster"));
+    }
+
+    #[test]
+    fn the_server_is_rewritten_only_when_declared() {
+        let kubeconfig = "apiVersion: v1\nkind: Config\nclusters:\n- name: vc\n  cluster:\n    server: https://localhost:8443\ncontexts: []\nusers: []\n";
+        let (_, server) = with_server(kubeconfig, None).unwrap();
+        assert_eq!(server, "https://localhost:8443");
+        let (text, server) = with_server(kubeconfig, Some("https://vc.example.com")).unwrap();
+        assert_eq!(server, "https://vc.example.com");
+        assert!(text.contains("https://vc.example.com"), "{text}");
+        assert_eq!(
+            declared_server(&json!({"exportKubeConfig": {"server": "https://vc.example.com"}}))
+                .as_deref(),
+            Some("https://vc.example.com")
+        );
+    }
+}
