@@ -82,10 +82,20 @@ async fn step(host: &Client, kwokctl: &Kwokctl) -> Result<(), String> {
         let replicas = set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let running = kwokctl.processes(&name) == Processes::Running;
         match (replicas > 0, kwokctl.exists(&name), running) {
-            (true, false, _) => kwokctl
-                .create(&name, &[])
-                .await
-                .map_err(|e| e.to_string())?,
+            (true, false, _) => {
+                kwokctl
+                    .create(&name, &[])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // vcluster shows its workloads a node; kwok runs them.
+                let access = Access::read(&kwokctl.kubeconfig_path(&name))?;
+                let inside = access.client().await?;
+                let node = fleetforge_provider_local::nodes::node("virtual", "vcluster", 0);
+                Api::<k8s_openapi::api::core::v1::Node>::all(inside)
+                    .create(&Default::default(), &node)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
             (true, true, false) => kwokctl.start(&name).await.map_err(|e| e.to_string())?,
             (false, true, true) => kwokctl.stop(&name).await.map_err(|e| e.to_string())?,
             _ => {}

@@ -8,11 +8,11 @@
 
 use std::time::Duration;
 
-use fleetforge_api::VirtualCluster;
 use fleetforge_api::virtual_cluster::VirtualClusterPhase;
+use fleetforge_api::{ToolInstall, ToolState, VirtualCluster};
 use fleetforge_e2e::local::{
-    Cleanup, WAIT, apply, await_clusters_ready, delete_clusters, local_clusters, release_names,
-    start, target_client, target_kubeconfig,
+    Cleanup, WAIT, apply, await_clusters_ready, chart as local_chart, delete_clusters,
+    local_clusters, release_names, start, target_client, target_kubeconfig,
 };
 use fleetforge_e2e::vcluster::SyncerStandIn;
 use fleetforge_e2e::{await_event, install, workspace_root};
@@ -35,6 +35,21 @@ async fn a_virtual_cluster_comes_up_on_its_host_and_goes_without_a_trace() {
             let _syncer = SyncerStandIn::start(&host_kubeconfig, &work.path().join("virtual")).await;
 
             let chart = workspace_root().join("e2e/charts/vcluster");
+            let set = format!("inside-{ns}");
+            apply(
+                &client,
+                None,
+                json!({
+                    "apiVersion": "fleetforge.dev/v1alpha1", "kind": "ToolSet",
+                    "metadata": {"name": set},
+                    "spec": {"tools": [
+                        {"name": "widgets", "chart": local_chart("widgets")},
+                        {"name": "cache", "chart": local_chart("cache"), "dependsOn": ["widgets"],
+                         "health": [{"kind": "Deployment", "name": "cache"}]},
+                    ]},
+                }),
+            )
+            .await;
             apply(
                 &client,
                 Some(&ns),
@@ -44,7 +59,10 @@ async fn a_virtual_cluster_comes_up_on_its_host_and_goes_without_a_trace() {
                     "spec": {
                         "host": {"clusterRef": {"name": "host"}},
                         "chart": {"repository": chart.display().to_string(), "name": "vcluster", "version": "0.1.0"},
-                        "values": {"sync": {"toHost": {"ingresses": {"enabled": true}}}},
+                        "values": {"controlPlane": {"statefulSet": {"highAvailability": {"replicas": 1}}}},
+                        // widgets comes from the host; cache is installed inside.
+                        "sharedTools": ["widgets", "ingress-nginx"],
+                        "profile": set,
                     },
                 }),
             )
@@ -79,6 +97,30 @@ async fn a_virtual_cluster_comes_up_on_its_host_and_goes_without_a_trace() {
             let host = target_client(&host_kubeconfig).await;
             assert!(Api::<Namespace>::all(host.clone()).get_opt("only-inside").await.unwrap().is_none());
             assert!(Api::<Namespace>::all(host.clone()).get_opt("vcluster-team-a").await.unwrap().is_some());
+
+            // The profile: cache DEPLOYED inside, widgets SHARED from the
+            // host (not installed twice); the chart was told to sync
+            // ingresses to the host for the shared ingress controller.
+            let installs: Api<ToolInstall> = Api::namespaced(client.clone(), &ns);
+            let profile = await_condition(&installs, "team-a-profile", "the profile inside the virtual cluster", WAIT, |ti: Option<&ToolInstall>| {
+                ti.and_then(|t| t.status.as_ref()).is_some_and(|s| {
+                    s.targets.len() == 1
+                        && s.targets[0].kind == "VirtualCluster"
+                        && s.targets[0].tools.iter().any(|t| t.name == "cache" && t.state == ToolState::Deployed)
+                })
+            })
+            .await;
+            let profile = match profile {
+                Ok(ti) => ti.unwrap(),
+                Err(e) => panic!("{e}\n{}", controller.process.log_tail()),
+            };
+            let widgets = profile.status.as_ref().unwrap().targets[0].tools.iter().find(|t| t.name == "widgets").unwrap();
+            assert_eq!(widgets.state, ToolState::Shared);
+            assert_eq!(widgets.message.as_deref(), Some("provided by the host Cluster host"));
+            assert_eq!(release_names(&kubeconfig), ["cache"]);
+            assert_eq!(profile.status.as_ref().unwrap().summary.as_ref().unwrap().deployed, 1);
+            let values = fleetforge_e2e::local::release_values(&host_kubeconfig, "team-a", "vcluster-team-a");
+            assert_eq!(values["sync"]["toHost"]["ingresses"]["enabled"], true, "{values}");
 
             // Deleting uninstalls the release and removes its namespace and
             // the connection Secret.

@@ -124,7 +124,7 @@ fn values_by_tool(generator: &mut schemars::SchemaGenerator) -> schemars::Schema
 /// Which targets a ToolInstall selects; at least one field must be set.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.clusterNames) || has(self.clusterSelector) || has(self.virtualClusterSelector)").message("select at least one target: clusterNames, clusterSelector or virtualClusterSelector"))]
+#[x_kube(validation = Rule::new("has(self.clusterNames) || has(self.clusterSelector) || has(self.virtualClusterNames) || has(self.virtualClusterSelector)").message("select at least one target: clusterNames, clusterSelector, virtualClusterNames or virtualClusterSelector"))]
 pub struct Targets {
     /// Clusters by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -133,6 +133,10 @@ pub struct Targets {
     /// Clusters by label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_selector: Option<LabelSelector>,
+    /// VirtualClusters by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 500))]
+    pub virtual_cluster_names: Option<Vec<String>>,
     /// VirtualClusters by label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub virtual_cluster_selector: Option<LabelSelector>,

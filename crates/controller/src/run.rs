@@ -149,6 +149,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let (installs_stop, installs_stopped) = tokio::sync::oneshot::channel::<()>();
     let (profiles_stop, profiles_stopped) = tokio::sync::oneshot::channel::<()>();
     let (virtual_stop, virtual_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (virtual_profiles_stop, virtual_profiles_stopped) = tokio::sync::oneshot::channel::<()>();
     {
         let candidate = candidate.clone();
         let lost = lost.clone();
@@ -166,6 +167,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             let _ = installs_stop.send(());
             let _ = profiles_stop.send(());
             let _ = virtual_stop.send(());
+            let _ = virtual_profiles_stop.send(());
         });
     }
     let shutdown = async move {
@@ -196,10 +198,21 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             let _ = installs_stopped.await;
         },
     );
-    let profiles =
-        fleetforge_tools::profile::run(client.clone(), args.namespace.clone(), async move {
+    let cluster_profiles = fleetforge_tools::profile::run::<Cluster>(
+        client.clone(),
+        args.namespace.clone(),
+        async move {
             let _ = profiles_stopped.await;
-        });
+        },
+    );
+    let virtual_profiles = fleetforge_tools::profile::run::<fleetforge_api::VirtualCluster>(
+        client.clone(),
+        args.namespace.clone(),
+        async move {
+            let _ = virtual_profiles_stopped.await;
+        },
+    );
+    let profiles = async move { tokio::join!(cluster_profiles, virtual_profiles) };
     let virtual_clusters = fleetforge_provider_vcluster::run(
         client.clone(),
         fleetforge_provider_vcluster::VirtualClusterOptions {

@@ -15,7 +15,7 @@ use fleetforge_api::tool_install::{
 use fleetforge_api::tool_set::ChartSource;
 use fleetforge_api::{
     Cluster, DriftPolicy, DriftStatus, FIELD_MANAGER, FINALIZER, Tool, ToolInstall, ToolSet,
-    ToolState, annotation, condition,
+    ToolState, VirtualCluster, annotation, condition,
 };
 use fleetforge_core::conditions::{self, Desired};
 use fleetforge_core::events::{EventType, Recorder};
@@ -132,6 +132,13 @@ pub async fn run(
     .default_backoff()
     .touched_objects()
     .predicate_filter(cluster_hash, Default::default());
+    let virtual_events = watcher(
+        scoped::<VirtualCluster>(&client, options.namespace.as_deref()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(virtual_hash, Default::default());
     let set_events = watcher(
         Api::<ToolSet>::all(client.clone()),
         watcher::Config::default(),
@@ -141,12 +148,22 @@ pub async fn run(
     .predicate_filter(predicates::generation, Default::default());
 
     let by_namespace = store.clone();
+    let virtual_by_namespace = store.clone();
     let by_set = store.clone();
     Controller::for_stream(install_events, store)
         .with_config(ControllerConfig::default().concurrency(options.concurrency))
         .watches_stream(cluster_events, move |cluster: Cluster| {
             let namespace = cluster.namespace().unwrap_or_default();
             by_namespace
+                .state()
+                .into_iter()
+                .filter(|ti| ti.namespace().as_deref() == Some(namespace.as_str()))
+                .map(|ti| ObjectRef::from_obj(&*ti))
+                .collect::<Vec<_>>()
+        })
+        .watches_stream(virtual_events, move |vc: VirtualCluster| {
+            let namespace = vc.namespace().unwrap_or_default();
+            virtual_by_namespace
                 .state()
                 .into_iter()
                 .filter(|ti| ti.namespace().as_deref() == Some(namespace.as_str()))
@@ -215,6 +232,19 @@ fn cluster_hash(cluster: &Cluster) -> Option<u64> {
     Some(hasher.finish())
 }
 
+fn virtual_hash(vc: &VirtualCluster) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    vc.metadata.labels.hash(&mut hasher);
+    vc.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    Object::Virtual(vc).ready().hash(&mut hasher);
+    vc.spec.shared_tools.hash(&mut hasher);
+    vc.status
+        .as_ref()
+        .and_then(|s| s.endpoint.as_ref())
+        .hash(&mut hasher);
+    Some(hasher.finish())
+}
+
 fn cluster_ready(cluster: &Cluster) -> bool {
     cluster
         .status
@@ -269,23 +299,21 @@ async fn reconcile(ti: Arc<ToolInstall>, ctx: Arc<Context>) -> Result<Action, Er
             return Ok(Action::requeue(Duration::from_secs(30)));
         }
     };
-    let clusters: Api<Cluster> = Api::namespaced(ctx.client.clone(), &namespace);
-    let clusters = clusters.list(&ListParams::default()).await?.items;
-    forget_gone_clusters(&ctx, &namespace, &clusters).await;
-    let selection = select(&ti, &clusters);
+    let inventory = Inventory::list(&ctx.client, &namespace).await?;
+    forget_gone_targets(&ctx, &namespace, &inventory).await;
+    let selection = select(&ti, &inventory);
     let values_from = pass.values_from().await?;
 
     let previous = ti.status.clone().unwrap_or_default();
-    let selected: BTreeSet<&str> = selection.iter().map(|t| t.name.as_str()).collect();
+    let selected: BTreeSet<(&str, &str)> = selection
+        .iter()
+        .map(|t| (t.kind, t.name.as_str()))
+        .collect();
     let leaving: Vec<&TargetStatus> = previous
         .targets
         .iter()
-        .filter(|t| !selected.contains(t.name.as_str()))
-        .filter(|t| {
-            clusters
-                .iter()
-                .any(|c| c.name_any() == t.name && c.metadata.deletion_timestamp.is_none())
-        })
+        .filter(|t| !selected.contains(&(t.kind.as_str(), t.name.as_str())))
+        .filter(|t| inventory.find(&t.kind, &t.name).is_some())
         .collect();
 
     // Futures are made up front and run at most `maxConcurrency` at once
@@ -294,7 +322,10 @@ async fn reconcile(ti: Arc<ToolInstall>, ctx: Arc<Context>) -> Result<Action, Er
     let syncs: Vec<_> = selection
         .iter()
         .map(|target| {
-            let before = previous.targets.iter().find(|t| t.name == target.name);
+            let before = previous
+                .targets
+                .iter()
+                .find(|t| t.kind == target.kind && t.name == target.name);
             pass.sync_target(target, &tools, &values_from, before)
         })
         .collect();
@@ -305,8 +336,7 @@ async fn reconcile(ti: Arc<ToolInstall>, ctx: Arc<Context>) -> Result<Action, Er
     let removes: Vec<_> = leaving
         .into_iter()
         .map(|target| {
-            let cluster = clusters.iter().find(|c| c.name_any() == target.name);
-            pass.remove_target(target, cluster, &tools)
+            pass.remove_target(target, inventory.find(&target.kind, &target.name), &tools)
         })
         .collect();
     let removals: Vec<TargetReport> = futures::stream::iter(removes)
@@ -347,15 +377,12 @@ async fn finalize(
     }
     let pass = Pass::new(ti, ctx);
     let tools = pass.declared_tools().await.unwrap_or_default();
-    let clusters: Api<Cluster> = Api::namespaced(ctx.client.clone(), &pass.namespace);
-    let clusters = clusters.list(&ListParams::default()).await?.items;
+    let inventory = Inventory::list(&ctx.client, &pass.namespace).await?;
     let previous = ti.status.clone().unwrap_or_default();
     let mut remaining = Vec::new();
     for target in &previous.targets {
-        let cluster = clusters
-            .iter()
-            .find(|c| c.name_any() == target.name && c.metadata.deletion_timestamp.is_none());
-        let mut report = pass.remove_target(target, cluster, &tools).await;
+        let object = inventory.find(&target.kind, &target.name);
+        let mut report = pass.remove_target(target, object, &tools).await;
         for (type_, reason, note) in report.events.drain(..) {
             ctx.recorder
                 .publish(&ti.object_ref(&()), type_, reason, "Delete", &note)
@@ -400,51 +427,229 @@ async fn finalize(
     Ok(Action::requeue(Duration::from_secs(10)))
 }
 
-/// Drops the connections (and kubeconfig files) of Clusters in `namespace`
+/// Drops the connections (and kubeconfig files) of targets in `namespace`
 /// that no longer exist.
-async fn forget_gone_clusters(ctx: &Context, namespace: &str, clusters: &[Cluster]) {
+async fn forget_gone_targets(ctx: &Context, namespace: &str, inventory: &Inventory) {
     ctx.connections
-        .retain(namespace, |name| {
-            clusters.iter().any(|c| c.name_any() == name)
+        .retain(namespace, |key| {
+            inventory
+                .clusters
+                .iter()
+                .any(|c| connection_key(Object::Cluster(c)) == key)
+                || inventory
+                    .virtual_clusters
+                    .iter()
+                    .any(|v| connection_key(Object::Virtual(v)) == key)
         })
         .await;
 }
 
-/// A target chosen by the selection; `cluster` is None when `clusterNames`
-/// names a Cluster that does not exist.
+/// The Clusters and VirtualClusters of a namespace.
 #[derive(Debug)]
-struct Target<'a> {
-    name: String,
-    cluster: Option<&'a Cluster>,
+struct Inventory {
+    clusters: Vec<Cluster>,
+    virtual_clusters: Vec<VirtualCluster>,
 }
 
-/// Clusters named by `clusterNames` or matched by `clusterSelector`, not
-/// being deleted, by name.
-fn select<'a>(ti: &ToolInstall, clusters: &'a [Cluster]) -> Vec<Target<'a>> {
-    let targets = &ti.spec.targets;
-    let selector = targets
-        .cluster_selector
-        .clone()
-        .and_then(|s| kube::core::Selector::try_from(s).ok());
-    let mut chosen: BTreeMap<String, Option<&Cluster>> = BTreeMap::new();
-    for name in targets.cluster_names.iter().flatten() {
-        chosen.insert(name.clone(), None);
+impl Inventory {
+    async fn list(client: &Client, namespace: &str) -> Result<Self, kube::Error> {
+        let clusters: Api<Cluster> = Api::namespaced(client.clone(), namespace);
+        let virtual_clusters: Api<VirtualCluster> = Api::namespaced(client.clone(), namespace);
+        Ok(Self {
+            clusters: clusters.list(&ListParams::default()).await?.items,
+            virtual_clusters: virtual_clusters.list(&ListParams::default()).await?.items,
+        })
     }
-    for cluster in clusters {
-        let name = cluster.name_any();
-        let named = chosen.contains_key(&name);
-        let labelled = selector.as_ref().is_some_and(|s| {
-            s.matches(cluster.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()))
-        });
-        if cluster.metadata.deletion_timestamp.is_some() {
-            chosen.remove(&name);
-        } else if named || labelled {
-            chosen.insert(name, Some(cluster));
+
+    /// The target of `kind` named `name`, unless it is gone or going.
+    fn find(&self, kind: &str, name: &str) -> Option<Object<'_>> {
+        let object = match kind {
+            CLUSTER => self
+                .clusters
+                .iter()
+                .find(|c| c.name_any() == name)
+                .map(Object::Cluster),
+            VIRTUAL_CLUSTER => self
+                .virtual_clusters
+                .iter()
+                .find(|v| v.name_any() == name)
+                .map(Object::Virtual),
+            _ => None,
+        }?;
+        (!object.deleting()).then_some(object)
+    }
+}
+
+const CLUSTER: &str = "Cluster";
+const VIRTUAL_CLUSTER: &str = "VirtualCluster";
+
+/// A target object: a Cluster or a VirtualCluster.
+#[derive(Debug, Clone, Copy)]
+enum Object<'a> {
+    Cluster(&'a Cluster),
+    Virtual(&'a VirtualCluster),
+}
+
+impl Object<'_> {
+    fn name(&self) -> String {
+        match self {
+            Object::Cluster(c) => c.name_any(),
+            Object::Virtual(v) => v.name_any(),
+        }
+    }
+
+    fn labels(&self) -> &BTreeMap<String, String> {
+        match self {
+            Object::Cluster(c) => c.labels(),
+            Object::Virtual(v) => v.labels(),
+        }
+    }
+
+    fn deleting(&self) -> bool {
+        match self {
+            Object::Cluster(c) => c.metadata.deletion_timestamp.is_some(),
+            Object::Virtual(v) => v.metadata.deletion_timestamp.is_some(),
+        }
+    }
+
+    fn ready_condition(
+        &self,
+    ) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        let conditions = match self {
+            Object::Cluster(c) => &c.status.as_ref()?.conditions,
+            Object::Virtual(v) => &v.status.as_ref()?.conditions,
+        };
+        conditions.iter().find(|c| c.type_ == condition::READY)
+    }
+
+    fn ready(&self) -> bool {
+        self.ready_condition().is_some_and(|c| c.status == "True")
+    }
+
+    fn connection_secret(&self) -> String {
+        match self {
+            Object::Cluster(c) => c.spec.connection_secret_name(&c.name_any()),
+            Object::Virtual(v) => v
+                .spec
+                .write_connection_secret_to_ref
+                .as_ref()
+                .map(|r| r.name.clone())
+                .unwrap_or_else(|| format!("{}-kubeconfig", v.name_any())),
+        }
+    }
+
+    /// Tools the target's host provides (VirtualCluster `sharedTools`).
+    fn shared_tools(&self) -> &[String] {
+        match self {
+            Object::Cluster(_) => &[],
+            Object::Virtual(v) => &v.spec.shared_tools,
+        }
+    }
+
+    fn host(&self) -> String {
+        match self {
+            Object::Cluster(_) => String::new(),
+            Object::Virtual(v) => v
+                .spec
+                .host
+                .cluster_ref
+                .as_ref()
+                .map(|r| r.name.clone())
+                .unwrap_or_else(|| "management".into()),
+        }
+    }
+
+    /// The facts values may refer to.
+    fn facts(&self) -> TargetFacts {
+        match self {
+            Object::Cluster(cluster) => facts(cluster),
+            Object::Virtual(vc) => {
+                let status = vc.status.clone().unwrap_or_default();
+                TargetFacts {
+                    kind: VIRTUAL_CLUSTER.into(),
+                    name: vc.name_any(),
+                    namespace: vc.namespace().unwrap_or_default(),
+                    provider: "vcluster".into(),
+                    region: String::new(),
+                    version: status.version.unwrap_or_default(),
+                    endpoint: status.endpoint.unwrap_or_default(),
+                    labels: vc.labels().clone(),
+                    annotations: vc.annotations().clone(),
+                }
+            }
+        }
+    }
+}
+
+/// The connection cache key of a target (Clusters and VirtualClusters may
+/// share names).
+fn connection_key(object: Object<'_>) -> String {
+    match object {
+        Object::Cluster(c) => c.name_any(),
+        Object::Virtual(v) => format!("virtual.{}", v.name_any()),
+    }
+}
+
+/// A target chosen by the selection; `object` is None when a name list
+/// names an object that does not exist.
+#[derive(Debug)]
+struct Target<'a> {
+    kind: &'static str,
+    name: String,
+    object: Option<Object<'a>>,
+}
+
+/// Clusters and VirtualClusters named or matched by label, not being
+/// deleted, by kind and name.
+fn select<'a>(ti: &ToolInstall, inventory: &'a Inventory) -> Vec<Target<'a>> {
+    let targets = &ti.spec.targets;
+    let selector = |s: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>| {
+        s.clone()
+            .and_then(|s| kube::core::Selector::try_from(s).ok())
+    };
+    let mut chosen: BTreeMap<(&'static str, String), Option<Object<'a>>> = BTreeMap::new();
+    let groups = [
+        (
+            CLUSTER,
+            &targets.cluster_names,
+            selector(&targets.cluster_selector),
+            inventory
+                .clusters
+                .iter()
+                .map(Object::Cluster)
+                .collect::<Vec<_>>(),
+        ),
+        (
+            VIRTUAL_CLUSTER,
+            &targets.virtual_cluster_names,
+            selector(&targets.virtual_cluster_selector),
+            inventory
+                .virtual_clusters
+                .iter()
+                .map(Object::Virtual)
+                .collect::<Vec<_>>(),
+        ),
+    ];
+    for (kind, names, selector, objects) in groups {
+        for name in names.iter().flatten() {
+            chosen.insert((kind, name.clone()), None);
+        }
+        for object in objects {
+            let key = (kind, object.name());
+            let named = chosen.contains_key(&key);
+            let labelled = selector
+                .as_ref()
+                .is_some_and(|s| s.matches(object.labels()));
+            if object.deleting() {
+                chosen.remove(&key);
+            } else if named || labelled {
+                chosen.insert(key, Some(object));
+            }
         }
     }
     chosen
         .into_iter()
-        .map(|(name, cluster)| Target { name, cluster })
+        .map(|((kind, name), object)| Target { kind, name, object })
         .collect()
 }
 
@@ -706,7 +911,7 @@ impl<'a> Pass<'a> {
     ) -> TargetReport {
         let mut report = TargetReport {
             status: TargetStatus {
-                kind: "Cluster".into(),
+                kind: target.kind.into(),
                 name: target.name.clone(),
                 tools: Vec::new(),
             },
@@ -730,27 +935,31 @@ impl<'a> Pass<'a> {
                 })
                 .collect()
         };
-        let Some(cluster) = target.cluster else {
+        let Some(object) = target.object else {
             report.status.tools = waiting(
                 ToolState::Pending,
-                format!("no Cluster {} in namespace {}", target.name, self.namespace),
+                format!(
+                    "no {} {} in namespace {}",
+                    target.kind, target.name, self.namespace
+                ),
             );
             return report;
         };
-        if !cluster_ready(cluster) {
-            let why = cluster
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.iter().find(|c| c.type_ == condition::READY))
+        if !object.ready() {
+            let why = object
+                .ready_condition()
                 .map(|c| format!(": {}", c.message))
                 .unwrap_or_default();
             report.status.tools = waiting(
                 ToolState::Pending,
-                format!("waiting for Cluster {} to be Ready{why}", target.name),
+                format!(
+                    "waiting for {} {} to be Ready{why}",
+                    target.kind, target.name
+                ),
             );
             return report;
         }
-        let connection = match self.connect(cluster).await {
+        let connection = match self.connect(object).await {
             Ok(connection) => connection,
             Err(message) => {
                 report.status.tools = waiting(ToolState::Pending, message);
@@ -765,9 +974,20 @@ impl<'a> Pass<'a> {
                 return report;
             }
         };
-        let facts = facts(cluster);
+        let facts = object.facts();
         let mut deployed: BTreeSet<String> = BTreeSet::new();
         for tool in tools {
+            if object.shared_tools().contains(&tool.name) {
+                // The host's own install serves this virtual cluster.
+                deployed.insert(tool.name.clone());
+                report.status.tools.push(tool_status(
+                    before,
+                    &tool.name,
+                    ToolState::Shared,
+                    Some(format!("provided by the host Cluster {}", object.host())),
+                ));
+                continue;
+            }
             let blocked_by = tool
                 .depends_on
                 .iter()
@@ -1068,15 +1288,15 @@ impl<'a> Pass<'a> {
     async fn remove_target(
         &self,
         target: &TargetStatus,
-        cluster: Option<&Cluster>,
+        object: Option<Object<'_>>,
         tools: &[Tool],
     ) -> TargetReport {
         let mut report = TargetReport {
             status: target.clone(),
             ..TargetReport::default()
         };
-        // A Cluster that is gone (or going) takes its releases with it.
-        let Some(cluster) = cluster else {
+        // A target that is gone (or going) takes its releases with it.
+        let Some(object) = object else {
             report.removed = true;
             return report;
         };
@@ -1095,7 +1315,7 @@ impl<'a> Pass<'a> {
                 }
             }
         };
-        let connection = match self.connect(cluster).await {
+        let connection = match self.connect(object).await {
             Ok(connection) => connection,
             Err(message) => {
                 unreachable(&mut report, message, self.force_remove());
@@ -1175,12 +1395,17 @@ impl<'a> Pass<'a> {
 
     /// A connection to the target from its kubeconfig Secret, reused while
     /// the Secret is unchanged.
-    async fn connect(&self, cluster: &Cluster) -> Result<Arc<Connection>, String> {
-        let name = cluster.name_any();
-        let secret = cluster.spec.connection_secret_name(&name);
+    async fn connect(&self, object: Object<'_>) -> Result<Arc<Connection>, String> {
+        let secret = object.connection_secret();
         self.ctx
             .connections
-            .connect(&self.ctx.client, &self.namespace, &name, &secret, "value")
+            .connect(
+                &self.ctx.client,
+                &self.namespace,
+                &connection_key(object),
+                &secret,
+                "value",
+            )
             .await
     }
 
@@ -1502,7 +1727,7 @@ fn failed_message(targets: &[TargetStatus]) -> String {
     failed.join("; ")
 }
 
-/// The facts values may refer to.
+/// The facts of a Cluster values may refer to.
 fn facts(cluster: &Cluster) -> TargetFacts {
     let status = cluster.status.clone().unwrap_or_default();
     TargetFacts {
@@ -1720,6 +1945,47 @@ mod tests {
         );
     }
 
+    #[test]
+    fn virtual_clusters_are_chosen_by_their_own_fields_and_keep_their_kind() {
+        let ti: ToolInstall = serde_json::from_value(json!({
+            "metadata": {"name": "tools", "namespace": "platform"},
+            "spec": {"tools": [], "targets": {
+                "clusterNames": ["same"],
+                "virtualClusterSelector": {"matchLabels": {"team": "a"}},
+            }},
+        }))
+        .unwrap();
+        let virtual_clusters: Vec<VirtualCluster> = ["same", "other"]
+            .iter()
+            .map(|name| {
+                serde_json::from_value(json!({
+                    "metadata": {"name": name, "namespace": "platform", "labels": {"team": if *name == "same" { "a" } else { "b" }}},
+                    "spec": {"sharedTools": ["ingress"]},
+                }))
+                .unwrap()
+            })
+            .collect();
+        let inventory = Inventory {
+            clusters: vec![mk_cluster("same", &[], false)],
+            virtual_clusters,
+        };
+        let chosen: Vec<(&str, String)> = select(&ti, &inventory)
+            .into_iter()
+            .map(|t| (t.kind, t.name))
+            .collect();
+        assert_eq!(
+            chosen,
+            [
+                (CLUSTER, "same".to_string()),
+                (VIRTUAL_CLUSTER, "same".to_string())
+            ]
+        );
+        let virtual_same = inventory.find(VIRTUAL_CLUSTER, "same").unwrap();
+        assert_eq!(virtual_same.shared_tools(), ["ingress"]);
+        assert_eq!(connection_key(virtual_same), "virtual.same");
+        assert_eq!(virtual_same.facts().kind, "VirtualCluster");
+    }
+
     fn mk_cluster(name: &str, labels: &[(&str, &str)], deleting: bool) -> Cluster {
         let mut cluster: Cluster = serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": "platform",
@@ -1749,9 +2015,13 @@ mod tests {
             mk_cluster("other", &[("tier", "prod")], false),
             mk_cluster("going", &[("tier", "dev")], true),
         ];
-        let chosen: Vec<(String, bool)> = select(&ti, &clusters)
+        let inventory = Inventory {
+            clusters: clusters.to_vec(),
+            virtual_clusters: Vec::new(),
+        };
+        let chosen: Vec<(String, bool)> = select(&ti, &inventory)
             .into_iter()
-            .map(|t| (t.name, t.cluster.is_some()))
+            .map(|t| (t.name, t.object.is_some()))
             .collect();
         assert_eq!(
             chosen,

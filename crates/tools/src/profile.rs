@@ -1,18 +1,18 @@
-//! `Cluster.spec.profile`: a Cluster naming a ToolSet gets a ToolInstall of
-//! that set, owned by the Cluster, once it is Ready; it goes when the
-//! profile is removed or the Cluster is deleted.
+//! `spec.profile` of Clusters and VirtualClusters: one naming a ToolSet gets
+//! a ToolInstall of that set, owned by it, once it is Ready; it goes when
+//! the profile is removed or the owner is deleted.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetforge_api::{Cluster, ToolInstall, condition, label};
+use fleetforge_api::{Cluster, ToolInstall, VirtualCluster, condition, label};
 use fleetforge_core::conditions;
 use futures::StreamExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 /// The field manager of profile ToolInstalls (their spec belongs to the
@@ -22,73 +22,112 @@ const FIELD_MANAGER: &str = "fleetforge-profile";
 /// Label on a profile ToolInstall naming its Cluster.
 pub const PROFILE_OF: &str = "fleetforge.dev/profile-of";
 
-/// The name of the ToolInstall a Cluster's profile creates.
+/// The name of the ToolInstall a profile creates for its owner.
 pub fn install_name(cluster: &str) -> String {
     format!("{cluster}-profile")
 }
 
-/// Runs until `shutdown` completes.
-pub async fn run(
+/// What a profile owner offers.
+pub trait Profiled:
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// `spec.profile`.
+    fn profile(&self) -> Option<&str>;
+    /// Whether the Ready condition holds.
+    fn ready(&self) -> bool;
+    /// The ToolInstall targets naming this object.
+    fn targets(&self) -> Value;
+}
+
+impl Profiled for Cluster {
+    fn profile(&self) -> Option<&str> {
+        self.spec.profile.as_deref()
+    }
+
+    fn ready(&self) -> bool {
+        self.status
+            .as_ref()
+            .is_some_and(|s| conditions::is_true(&s.conditions, condition::READY))
+    }
+
+    fn targets(&self) -> Value {
+        json!({"clusterNames": [self.name_any()]})
+    }
+}
+
+impl Profiled for VirtualCluster {
+    fn profile(&self) -> Option<&str> {
+        self.spec.profile.as_deref()
+    }
+
+    fn ready(&self) -> bool {
+        self.status
+            .as_ref()
+            .is_some_and(|s| conditions::is_true(&s.conditions, condition::READY))
+    }
+
+    fn targets(&self) -> Value {
+        json!({"virtualClusterNames": [self.name_any()]})
+    }
+}
+
+/// Runs until `shutdown` completes, for objects of kind `K`.
+pub async fn run<K: Profiled>(
     client: Client,
     namespace: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let clusters: Api<Cluster> = match &namespace {
+    let objects: Api<K> = match &namespace {
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
     };
-    let (store, writer) = reflector::store::<Cluster>();
-    let events = watcher(clusters, watcher::Config::default().any_semantic())
+    let (store, writer) = reflector::store::<K>();
+    let events = watcher(objects, watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(profile_hash, Default::default());
+        .predicate_filter(profile_hash::<K>, Default::default());
     Controller::for_stream(events, store)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, Arc::new(client))
+        .run(reconcile::<K>, error_policy::<K>, Arc::new(client))
         .for_each(|_| futures::future::ready(()))
         .await;
 }
 
-fn profile_hash(cluster: &Cluster) -> Option<u64> {
+fn profile_hash<K: Profiled>(object: &K) -> Option<u64> {
     let mut hasher = DefaultHasher::new();
-    cluster.spec.profile.hash(&mut hasher);
-    ready(cluster).hash(&mut hasher);
-    cluster
-        .metadata
-        .deletion_timestamp
-        .is_some()
-        .hash(&mut hasher);
+    object.profile().hash(&mut hasher);
+    object.ready().hash(&mut hasher);
+    object.meta().deletion_timestamp.is_some().hash(&mut hasher);
     Some(hasher.finish())
 }
 
-fn ready(cluster: &Cluster) -> bool {
-    cluster
-        .status
-        .as_ref()
-        .is_some_and(|s| conditions::is_true(&s.conditions, condition::READY))
-}
-
-async fn reconcile(cluster: Arc<Cluster>, client: Arc<Client>) -> Result<Action, kube::Error> {
-    let namespace = cluster.namespace().unwrap_or_default();
-    let name = cluster.name_any();
+async fn reconcile<K: Profiled>(
+    object: Arc<K>,
+    client: Arc<Client>,
+) -> Result<Action, kube::Error> {
+    let namespace = object.namespace().unwrap_or_default();
+    let name = object.name_any();
     let installs: Api<ToolInstall> = Api::namespaced((*client).clone(), &namespace);
     let install = install_name(&name);
-    match (
-        &cluster.spec.profile,
-        cluster.metadata.deletion_timestamp.is_some(),
-    ) {
+    match (object.profile(), object.meta().deletion_timestamp.is_some()) {
         (Some(profile), false) => {
-            // Created once the cluster is Ready; kept (and kept in step with
-            // the profile) afterwards, even while the cluster is not Ready,
-            // so that its status shows the targets as UNKNOWN.
+            // Created once the owner is Ready; kept (and kept in step with
+            // the profile) afterwards, even while it is not Ready, so that
+            // its status shows the target as UNKNOWN.
             let exists = installs.get_opt(&install).await?.is_some();
-            if ready(&cluster) || exists {
+            if object.ready() || exists {
                 installs
                     .patch(
                         &install,
                         &PatchParams::apply(FIELD_MANAGER).force(),
-                        &Patch::Apply(desired(&cluster, profile)),
+                        &Patch::Apply(desired(&*object, profile)),
                     )
                     .await?;
             }
@@ -104,10 +143,10 @@ async fn reconcile(cluster: Arc<Cluster>, client: Arc<Client>) -> Result<Action,
     Ok(Action::await_change())
 }
 
-/// The profile ToolInstall of `cluster`.
-pub fn desired(cluster: &Cluster, profile: &str) -> Value {
-    let name = cluster.name_any();
-    let owner = cluster.controller_owner_ref(&()).map(|mut o| {
+/// The profile ToolInstall of `object`.
+pub fn desired<K: Profiled>(object: &K, profile: &str) -> Value {
+    let name = object.name_any();
+    let owner = object.controller_owner_ref(&()).map(|mut o| {
         o.block_owner_deletion = Some(true);
         o
     });
@@ -125,13 +164,13 @@ pub fn desired(cluster: &Cluster, profile: &str) -> Value {
         },
         "spec": {
             "toolSetRef": {"name": profile},
-            "targets": {"clusterNames": [name]},
+            "targets": object.targets(),
         },
     })
 }
 
-fn error_policy(cluster: Arc<Cluster>, error: &kube::Error, _: Arc<Client>) -> Action {
-    tracing::warn!(cluster = %cluster.name_any(), "profile: {error}");
+fn error_policy<K: Profiled>(object: Arc<K>, error: &kube::Error, _: Arc<Client>) -> Action {
+    tracing::warn!(name = %object.name_any(), "profile: {error}");
     Action::requeue(Duration::from_secs(10))
 }
 

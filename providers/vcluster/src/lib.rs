@@ -289,6 +289,27 @@ fn chart_source(chart: Option<&VirtualClusterChart>, charts_dir: &std::path::Pat
     }
 }
 
+/// The chart values: what `sharedTools` needs (the vcluster syncs to the
+/// host what the host's tools serve), with `spec.values` over it.
+fn chart_values(vc: &VirtualCluster) -> Value {
+    let mut shared = json!({});
+    for tool in &vc.spec.shared_tools {
+        let needs = if tool == "cert-manager" {
+            json!({"integrations": {"certManager": {"enabled": true}}})
+        } else if ["ingress", "contour", "traefik"]
+            .iter()
+            .any(|i| tool.contains(i))
+        {
+            json!({"sync": {"toHost": {"ingresses": {"enabled": true}}}})
+        } else {
+            continue;
+        };
+        fleetforge_tools::values::merge(&mut shared, &needs);
+    }
+    let user = vc.spec.values.clone().unwrap_or_else(|| json!({}));
+    fleetforge_tools::values::merged([&shared, &user])
+}
+
 /// The server a kubeconfig names: `exportKubeConfig.server` when the values
 /// set it (how the vcluster is exposed), else what vcluster wrote.
 fn declared_server(values: &Value) -> Option<String> {
@@ -329,7 +350,7 @@ async fn sync(vc: &VirtualCluster, ctx: &Context) -> Result<Outcome, Error> {
     };
     let release_ns = release_namespace(vc);
     let chart = chart_source(vc.spec.chart.as_ref(), &ctx.charts_dir);
-    let values = vc.spec.values.clone().unwrap_or_else(|| json!({}));
+    let values = chart_values(vc);
     let owner = format!("{namespace}.{name}");
 
     let releases = match helm::releases(connection.objects.client()).await {
@@ -666,6 +687,26 @@ mod tests {
             dir,
         );
         assert_eq!(local.path.as_deref(), Some("/repo/charts/vcluster"));
+    }
+
+    #[test]
+    fn shared_tools_set_the_chart_values_that_use_the_hosts_and_user_values_win() {
+        let vc: VirtualCluster = serde_json::from_value(json!({
+            "metadata": {"name": "team-a", "namespace": "platform"},
+            "spec": {
+                "host": {"clusterRef": {"name": "host"}},
+                "sharedTools": ["cert-manager", "ingress-nginx", "metrics-server"],
+                "values": {"integrations": {"certManager": {"enabled": false}}},
+            },
+        }))
+        .unwrap();
+        assert_eq!(
+            chart_values(&vc),
+            json!({
+                "integrations": {"certManager": {"enabled": false}},
+                "sync": {"toHost": {"ingresses": {"enabled": true}}},
+            })
+        );
     }
 
     #[test]
