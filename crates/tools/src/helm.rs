@@ -86,6 +86,10 @@ impl Helm {
             "--namespace".into(),
             release.namespace.into(),
             "--create-namespace".into(),
+            // The declared values are the whole truth: without this, an
+            // upgrade whose values are empty keeps the previous release's
+            // values (helm's default), so taking a value away did nothing.
+            "--reset-values".into(),
             "--history-max".into(),
             "5".into(),
             "--timeout".into(),
