@@ -29,7 +29,8 @@ impl Drop for Cleanup {
     }
 }
 
-/// The controller under its RBAC, with local clusters kept in `work`.
+/// The controller under its RBAC for `ns`, local clusters under `work`, at
+/// most two Environments per owner.
 pub async fn start(client: &Client, ns: &str, work: &Path) -> Controller {
     let kubeconfig =
         service_account_kubeconfig(shared(), client, ns, &work.join("sa.kubeconfig")).await;
@@ -42,6 +43,7 @@ pub async fn start(client: &Client, ns: &str, work: &Path) -> Controller {
         &[
             ("FLEETFORGE_TOOLS_BIN", &tools_bin.display().to_string()),
             ("FLEETFORGE_LOCAL_WORK_DIR", &clusters.display().to_string()),
+            ("FLEETFORGE_MAX_ENVIRONMENTS_PER_OWNER", "2"),
         ],
     )
 }
@@ -53,6 +55,7 @@ pub async fn apply(client: &Client, ns: Option<&str>, object: Value) {
     let resource = match kind.as_str() {
         "ProviderConfig" => kube::api::ApiResource::erase::<fleetforge_api::ProviderConfig>(&()),
         "Cluster" => kube::api::ApiResource::erase::<Cluster>(&()),
+        "Environment" => kube::api::ApiResource::erase::<fleetforge_api::Environment>(&()),
         "ToolSet" => kube::api::ApiResource::erase::<fleetforge_api::ToolSet>(&()),
         "ToolInstall" => kube::api::ApiResource::erase::<ToolInstall>(&()),
         "VirtualCluster" => kube::api::ApiResource::erase::<VirtualCluster>(&()),

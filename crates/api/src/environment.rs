@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{NodePool, Reference, conditions_schema};
-use crate::virtual_cluster::VirtualClusterHost;
+use crate::virtual_cluster::{VirtualClusterChart, VirtualClusterHost};
 
 /// An on-demand dev environment: a virtual cluster or a dedicated cluster
 /// with a profile's tools, deleted when its time to live runs out.
@@ -57,7 +57,10 @@ pub struct EnvironmentSpec {
     #[schemars(regex(pattern = crate::common::DURATION_PATTERN))]
     pub ttl: String,
     /// Put a virtual environment to sleep (scaled to zero) after it has been
-    /// idle this long.
+    /// idle this long: no workload (Pod, Deployment, StatefulSet, Service
+    /// outside kube-system) created or changed inside. Waking it (setting
+    /// the annotation `fleetforge.dev/woken-at`, as `fleetforge env wake`
+    /// does) restarts the clock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = crate::common::DURATION_PATTERN))]
     pub sleep_after: Option<String>,
@@ -112,6 +115,13 @@ pub struct VirtualEnvironment {
     /// Where it runs; empty means the management cluster.
     #[serde(default)]
     pub host: VirtualClusterHost,
+    /// The vcluster chart; defaults to the pinned upstream chart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart: Option<VirtualClusterChart>,
+    /// Tools of the host the virtual cluster uses instead of its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub shared_tools: Vec<String>,
 }
 
 /// Lifecycle phase of an Environment.
@@ -151,6 +161,10 @@ pub struct EnvironmentStatus {
     /// When the environment will be deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Time>,
+    /// The newest sign of use seen (a workload created or changed inside,
+    /// a wake, or creation); `sleepAfter` counts from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity: Option<Time>,
     /// The Secret holding the kubeconfig (key `value`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubeconfig_secret_ref: Option<Reference>,

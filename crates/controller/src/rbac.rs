@@ -78,6 +78,20 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                     &["get", "list", "watch", "patch"],
                 ),
                 rule("fleetforge.dev", &["virtualclusters/status"], &["patch"]),
+                // Environments: finalizer, status, expiry (deleting one);
+                // their Clusters and VirtualClusters are created, applied
+                // and deleted by the Environment controller.
+                rule(
+                    "fleetforge.dev",
+                    &["environments"],
+                    &["get", "list", "watch", "patch", "delete"],
+                ),
+                rule("fleetforge.dev", &["environments/status"], &["patch"]),
+                rule(
+                    "fleetforge.dev",
+                    &["clusters", "virtualclusters"],
+                    &["create", "delete"],
+                ),
                 // Read credentials and targets' kubeconfigs; write and
                 // remove connection Secrets.
                 rule("", &["secrets"], &["get", "create", "patch", "delete"]),

@@ -59,6 +59,10 @@ pub struct ControllerArgs {
     /// directory).
     #[arg(long, env = "FLEETFORGE_CHARTS_DIR", default_value = ".")]
     pub charts_dir: PathBuf,
+    /// Environments one owner may have in a namespace at once (no limit
+    /// when left out); requests over it wait, saying so.
+    #[arg(long, env = "FLEETFORGE_MAX_ENVIRONMENTS_PER_OWNER")]
+    pub max_environments_per_owner: Option<u32>,
 }
 
 impl ControllerArgs {
@@ -149,6 +153,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let (installs_stop, installs_stopped) = tokio::sync::oneshot::channel::<()>();
     let (profiles_stop, profiles_stopped) = tokio::sync::oneshot::channel::<()>();
     let (virtual_stop, virtual_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (environments_stop, environments_stopped) = tokio::sync::oneshot::channel::<()>();
     let (virtual_profiles_stop, virtual_profiles_stopped) = tokio::sync::oneshot::channel::<()>();
     {
         let candidate = candidate.clone();
@@ -167,6 +172,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             let _ = installs_stop.send(());
             let _ = profiles_stop.send(());
             let _ = virtual_stop.send(());
+            let _ = environments_stop.send(());
             let _ = virtual_profiles_stop.send(());
         });
     }
@@ -224,6 +230,16 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             let _ = virtual_stopped.await;
         },
     );
+    let environments = fleetforge_core::environment::run(
+        client.clone(),
+        fleetforge_core::environment::EnvironmentOptions {
+            namespace: args.namespace.clone(),
+            max_per_owner: args.max_environments_per_owner,
+        },
+        async move {
+            let _ = environments_stopped.await;
+        },
+    );
     let clusters = fleetforge_core::run::<Cluster>(
         client,
         crate::providers::clusters(&args.local()),
@@ -231,8 +247,14 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         options,
         shutdown,
     );
-    let (_, _, installs, _, virtual_clusters) =
-        tokio::join!(clusters, toolsets, installs, profiles, virtual_clusters);
+    let (_, _, installs, _, virtual_clusters, _) = tokio::join!(
+        clusters,
+        toolsets,
+        installs,
+        profiles,
+        virtual_clusters,
+        environments
+    );
     if let Err(e) = installs {
         anyhow::bail!("the ToolInstall controller could not start: {e}");
     }

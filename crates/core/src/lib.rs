@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod conditions;
 pub mod crds;
+pub mod environment;
 pub mod error;
 pub mod events;
 pub mod managed;

@@ -410,6 +410,31 @@ async fn sync(vc: &VirtualCluster, ctx: &Context) -> Result<Outcome, Error> {
             .await?;
     }
 
+    // Asleep: the control plane is scaled to zero, there is no API to reach.
+    if values
+        .pointer("/controlPlane/statefulSet/highAvailability/replicas")
+        .and_then(Value::as_i64)
+        == Some(0)
+    {
+        return Ok(Outcome {
+            phase: VirtualClusterPhase::Sleeping,
+            ready: Desired::no(
+                condition::READY,
+                "Sleeping",
+                format!("{name} is asleep: its control plane is scaled to zero"),
+            ),
+            synced: Desired::yes(
+                condition::SYNCED,
+                "Synced",
+                "the vcluster release matches the spec",
+            ),
+            host: Some(host_name),
+            version: Some(declared_version),
+            endpoint: None,
+            requeue: fleetforge_core::managed::jittered(Duration::from_secs(60), 0.1),
+        });
+    }
+
     // vcluster writes its kubeconfig once its API serves.
     let secrets: Api<Secret> = Api::namespaced(connection.objects.client().clone(), &release_ns);
     let vc_secret = format!("vc-{name}");

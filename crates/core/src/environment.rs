@@ -1,0 +1,978 @@
+//! Environments: an on-demand dev environment becomes a VirtualCluster (on
+//! a shared host) or a Cluster of its own, owned by the Environment, with the
+//! profile's tools; it is deleted when its time to live runs out, can be put
+//! to sleep and woken, and a per-owner maximum holds requests back.
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetforge_api::environment::{EnvironmentPhase, EnvironmentType, Estimate};
+use fleetforge_api::virtual_cluster::VirtualClusterPhase;
+use fleetforge_api::{
+    Cluster, Environment, FIELD_MANAGER, FINALIZER, NodePool, ToolInstall, VirtualCluster,
+    condition, label,
+};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::conditions::{self, Desired};
+use crate::events::{EventType, Recorder};
+
+/// Label on an Environment's Cluster or VirtualCluster naming it.
+pub const ENVIRONMENT_LABEL: &str = "fleetforge.dev/environment";
+
+/// Annotation holding when an environment was last woken (RFC 3339); it
+/// restarts the idle clock of `sleepAfter`.
+pub const WOKEN_AT: &str = "fleetforge.dev/woken-at";
+
+/// Namespaces whose objects are the cluster's own, not signs of use.
+const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
+/// The field manager of the Clusters and VirtualClusters environments make.
+const CHILD_MANAGER: &str = "fleetforge-environment";
+
+/// Settings of the Environment controller.
+#[derive(Debug, Clone, Default)]
+pub struct EnvironmentOptions {
+    /// Only Environments in this namespace (default: all).
+    pub namespace: Option<String>,
+    /// Environments one owner may have in a namespace at once.
+    pub max_per_owner: Option<u32>,
+}
+
+struct Context {
+    client: Client,
+    recorder: Recorder,
+    options: EnvironmentOptions,
+}
+
+/// Runs the Environment controller until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    options: EnvironmentOptions,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<Environment> = match &options.namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    let (store, writer) = reflector::store::<Environment>();
+    let events = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|env: &mut Environment| env.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(trigger_hash, Default::default());
+    let context = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), "fleetforge-environments"),
+        client: client.clone(),
+        options: options.clone(),
+    });
+    let scoped_children = |namespace: &Option<String>| -> (Api<VirtualCluster>, Api<Cluster>) {
+        match namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        }
+    };
+    let (virtual_clusters, clusters) = scoped_children(&options.namespace);
+    Controller::for_stream(events, store)
+        .owns(virtual_clusters, watcher::Config::default())
+        .owns(clusters, watcher::Config::default())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+fn trigger_hash(env: &Environment) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    env.metadata.generation.hash(&mut hasher);
+    env.metadata.annotations.hash(&mut hasher);
+    env.metadata.finalizers.hash(&mut hasher);
+    env.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+fn error_policy(env: Arc<Environment>, error: &kube::Error, _: Arc<Context>) -> Action {
+    tracing::warn!(name = %env.name_any(), "Environment: {error}");
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// When the environment expires: its creation plus `ttl`.
+pub fn expires_at(created: Timestamp, ttl: &str) -> Result<Timestamp, String> {
+    let ttl: Duration = ttl
+        .parse::<kube::core::Duration>()
+        .map(Duration::from)
+        .map_err(|e| format!("spec.ttl: {e}"))?;
+    let ttl = SignedDuration::try_from(ttl).map_err(|e| format!("spec.ttl: {e}"))?;
+    created
+        .checked_add(ttl)
+        .map_err(|e| format!("spec.ttl: {e}"))
+}
+
+/// vCPUs (in millicores) and memory (in MiB) of one machine type, from
+/// the naming schemes of the providers, or None when it is unknown.
+pub fn machine_size(machine_type: &str) -> Option<(u64, u64)> {
+    let gib = 1024;
+    // local: standard-N (N vCPUs, 4 GiB each).
+    if let Some(n) = machine_type.strip_prefix("standard-") {
+        let n: u64 = n.parse().ok()?;
+        return Some((n * 1000, n * 4 * gib));
+    }
+    // GCP: e2-standard-4, n2-highmem-8, c3-highcpu-22.
+    let parts: Vec<&str> = machine_type.split('-').collect();
+    if parts.len() == 3 {
+        let n: u64 = parts[2].parse().ok()?;
+        let per = match parts[1] {
+            "standard" => 4,
+            "highmem" => 8,
+            "highcpu" => 1,
+            _ => return None,
+        };
+        return Some((n * 1000, n * per * gib));
+    }
+    // Azure: Standard_D4s_v5, Standard_E8as_v5, Standard_F16s_v2.
+    if let Some(rest) = machine_type.strip_prefix("Standard_") {
+        let family = rest.chars().next()?;
+        let digits: String = rest[1..].chars().take_while(char::is_ascii_digit).collect();
+        let n: u64 = digits.parse().ok()?;
+        let per = match family {
+            'D' | 'B' => 4,
+            'E' => 8,
+            'F' => 2,
+            _ => return None,
+        };
+        return Some((n * 1000, n * per * gib));
+    }
+    // AWS: m7i.large, c6g.2xlarge, r7i.xlarge.
+    let (family, size) = machine_type.split_once('.')?;
+    let vcpus: u64 = match size {
+        "medium" => 1,
+        "large" => 2,
+        "xlarge" => 4,
+        other => other.strip_suffix("xlarge")?.parse::<u64>().ok()? * 4,
+    };
+    let per = match family.chars().next()? {
+        'm' | 't' => 4,
+        'c' => 2,
+        'r' => 8,
+        _ => return None,
+    };
+    Some((vcpus * 1000, vcpus * per * gib))
+}
+
+/// The control plane of a vcluster, as its chart requests it (syncer
+/// 200m / 256Mi; vcluster chart defaults).
+const VCLUSTER_REQUESTS: (u64, u64) = (200, 256);
+
+/// The size of an environment before it is provisioned: node pools times
+/// machine sizes, or a vcluster's requests. Unknown machine types are named.
+pub fn estimate(kind: EnvironmentType, pools: &[NodePool]) -> Result<Estimate, String> {
+    let (millicores, mebibytes) = match kind {
+        EnvironmentType::Virtual => VCLUSTER_REQUESTS,
+        EnvironmentType::Dedicated => {
+            let mut total = (0, 0);
+            for pool in pools {
+                let (cpu, memory) = machine_size(&pool.machine_type).ok_or_else(|| {
+                    format!(
+                        "nodePools[{}].machineType: {} is not in the size table",
+                        pool.name, pool.machine_type
+                    )
+                })?;
+                let count = u64::try_from(pool.initial_count()).unwrap_or(0);
+                total.0 += cpu * count;
+                total.1 += memory * count;
+            }
+            total
+        }
+    };
+    let vcpu = if millicores % 1000 == 0 {
+        format!("{}", millicores / 1000)
+    } else {
+        format!("{millicores}m")
+    };
+    let memory = if mebibytes % 1024 == 0 {
+        format!("{}Gi", mebibytes / 1024)
+    } else {
+        format!("{mebibytes}Mi")
+    };
+    Ok(Estimate {
+        vcpu: Some(Quantity(vcpu)),
+        memory: Some(Quantity(memory)),
+    })
+}
+
+/// The newest sign of use known without looking inside: creation, the
+/// last wake, or the activity recorded earlier.
+fn known_activity(env: &Environment) -> Timestamp {
+    let created = env.creation_timestamp().map(|t| t.0);
+    let woken = env
+        .annotations()
+        .get(WOKEN_AT)
+        .and_then(|at| at.parse::<Timestamp>().ok());
+    let recorded = env
+        .status
+        .as_ref()
+        .and_then(|s| s.last_activity.as_ref())
+        .map(|t| t.0);
+    [created, woken, recorded]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or_else(Timestamp::now)
+}
+
+/// The newest creation or change (a managed-fields time) among objects
+/// outside the system namespaces.
+pub fn newest_change<'a>(objects: impl IntoIterator<Item = &'a ObjectMeta>) -> Option<Timestamp> {
+    objects
+        .into_iter()
+        .filter(|meta| {
+            !meta
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| SYSTEM_NAMESPACES.contains(&ns))
+        })
+        .flat_map(|meta| {
+            let changes = meta
+                .managed_fields
+                .iter()
+                .flatten()
+                .filter_map(|entry| entry.time.as_ref().map(|t| t.0));
+            meta.creation_timestamp.iter().map(|t| t.0).chain(changes)
+        })
+        .max()
+}
+
+/// When an environment idle since `activity` falls asleep, given its
+/// `sleepAfter`.
+fn bedtime(activity: Timestamp, sleep_after: &str) -> Result<Timestamp, String> {
+    let after: Duration = sleep_after
+        .parse::<kube::core::Duration>()
+        .map(Duration::from)
+        .map_err(|e| format!("spec.sleepAfter: {e}"))?;
+    let after = SignedDuration::try_from(after).map_err(|e| format!("spec.sleepAfter: {e}"))?;
+    activity
+        .checked_add(after)
+        .map_err(|e| format!("spec.sleepAfter: {e}"))
+}
+
+/// The newest change to workloads inside a virtual environment, read
+/// through its kubeconfig Secret; None when it cannot be read (asleep, not
+/// yet there, unreachable).
+async fn activity_inside(client: &Client, namespace: &str, secret: &str) -> Option<Timestamp> {
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(secret)
+        .await
+        .ok()??;
+    let text = secret.data?.get("value")?.0.clone();
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&String::from_utf8_lossy(&text)).ok()?;
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .ok()?;
+    config.connect_timeout = Some(Duration::from_secs(5));
+    config.read_timeout = Some(Duration::from_secs(10));
+    let inside = Client::try_from(config).ok()?;
+    let mut metas = Vec::new();
+    metas.extend(metadata_of::<Pod>(&inside).await?);
+    metas.extend(metadata_of::<Service>(&inside).await?);
+    metas.extend(metadata_of::<Deployment>(&inside).await?);
+    metas.extend(metadata_of::<StatefulSet>(&inside).await?);
+    newest_change(&metas)
+}
+
+/// The metadata of every object of one kind, in all namespaces.
+async fn metadata_of<K>(client: &Client) -> Option<Vec<ObjectMeta>>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let list = Api::<K>::all(client.clone())
+        .list_metadata(&ListParams::default())
+        .await
+        .ok()?;
+    Some(list.items.into_iter().map(|o| o.metadata).collect())
+}
+
+/// The Cluster or VirtualCluster of an environment; `asleep` scales a
+/// virtual one to zero.
+fn child(env: &Environment, asleep: bool) -> Value {
+    let name = env.name_any();
+    let owner = env.controller_owner_ref(&()).map(|mut o| {
+        o.block_owner_deletion = Some(true);
+        o
+    });
+    let metadata = json!({
+        "name": name,
+        "labels": {label::MANAGED_BY: "fleetforge", label::INSTANCE: name, ENVIRONMENT_LABEL: name},
+        "annotations": {"fleetforge.dev/owner": env.spec.owner},
+        "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
+    });
+    match env.spec.kind {
+        EnvironmentType::Virtual => {
+            let settings = env.spec.r#virtual.clone().unwrap_or_default();
+            let mut spec = json!({
+                "host": settings.host,
+                "sharedTools": settings.shared_tools,
+            });
+            if let Some(chart) = settings.chart {
+                spec["chart"] = json!(chart);
+            }
+            if let Some(profile) = &env.spec.profile {
+                spec["profile"] = json!(profile);
+            }
+            // Sleep is the vcluster scaled to zero.
+            if asleep {
+                spec["values"] =
+                    json!({"controlPlane": {"statefulSet": {"highAvailability": {"replicas": 0}}}});
+            }
+            json!({"apiVersion": "fleetforge.dev/v1alpha1", "kind": "VirtualCluster", "metadata": metadata, "spec": spec})
+        }
+        EnvironmentType::Dedicated => {
+            let settings = env.spec.dedicated.clone().unwrap_or_default();
+            let mut spec = json!({
+                "providerConfigRef": settings.provider_config_ref,
+                "nodePools": settings.node_pools,
+            });
+            for (field, value) in [
+                ("region", settings.region),
+                ("version", settings.version),
+                ("profile", env.spec.profile.clone()),
+            ] {
+                if let Some(value) = value {
+                    spec[field] = json!(value);
+                }
+            }
+            json!({"apiVersion": "fleetforge.dev/v1alpha1", "kind": "Cluster", "metadata": metadata, "spec": spec})
+        }
+    }
+}
+
+/// Where the environment's child stands: (ready, sleeping, message).
+async fn child_state(
+    env: &Environment,
+    client: &Client,
+) -> Result<Option<(bool, bool, String)>, kube::Error> {
+    let namespace = env.namespace().unwrap_or_default();
+    let name = env.name_any();
+    Ok(match env.spec.kind {
+        EnvironmentType::Virtual => Api::<VirtualCluster>::namespaced(client.clone(), &namespace)
+            .get_opt(&name)
+            .await?
+            .map(|vc| {
+                let status = vc.status.unwrap_or_default();
+                let ready = conditions::is_true(&status.conditions, condition::READY)
+                    && status.observed_generation == vc.metadata.generation;
+                let message = status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == condition::READY)
+                    .map(|c| c.message.clone())
+                    .unwrap_or_else(|| "waiting for the VirtualCluster".into());
+                (
+                    ready,
+                    status.phase == Some(VirtualClusterPhase::Sleeping),
+                    message,
+                )
+            }),
+        EnvironmentType::Dedicated => Api::<Cluster>::namespaced(client.clone(), &namespace)
+            .get_opt(&name)
+            .await?
+            .map(|cluster| {
+                let status = cluster.status.unwrap_or_default();
+                let ready = conditions::is_true(&status.conditions, condition::READY);
+                let message = status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == condition::READY)
+                    .map(|c| c.message.clone())
+                    .unwrap_or_else(|| "waiting for the Cluster".into());
+                (ready, false, message)
+            }),
+    })
+}
+
+/// Why a new environment's profile is not there yet, or None when it is
+/// (or there is none). Once the environment has been Ready, its tools'
+/// later states are the ToolInstall's to report, not a reason to demote it.
+async fn tools_pending(env: &Environment, client: &Client) -> Result<Option<String>, kube::Error> {
+    let Some(profile) = &env.spec.profile else {
+        return Ok(None);
+    };
+    let was = env.status.as_ref().and_then(|s| s.phase);
+    if matches!(
+        was,
+        Some(EnvironmentPhase::Ready | EnvironmentPhase::Sleeping)
+    ) {
+        return Ok(None);
+    }
+    let install = format!("{}-profile", env.name_any());
+    let namespace = env.namespace().unwrap_or_default();
+    let found = Api::<ToolInstall>::namespaced(client.clone(), &namespace)
+        .get_opt(&install)
+        .await?;
+    let ready = found
+        .and_then(|ti| ti.status)
+        .is_some_and(|s| conditions::is_true(&s.conditions, condition::READY));
+    Ok((!ready).then(|| format!("installing the {profile} profile (ToolInstall {install})")))
+}
+
+/// Whether the owner already has `max` older environments in the namespace.
+fn over_quota(env: &Environment, all: &[Environment], max: u32) -> Option<String> {
+    let key = |e: &Environment| (e.creation_timestamp().map(|t| t.0), e.name_any());
+    let mine = key(env);
+    let older = all
+        .iter()
+        .filter(|e| e.spec.owner == env.spec.owner && e.metadata.deletion_timestamp.is_none())
+        .filter(|e| key(e) < mine)
+        .count();
+    (older >= max as usize).then(|| {
+        format!(
+            "owner {} already has {older} environments, the per-owner maximum is {max}; delete one or wait for one to expire",
+            env.spec.owner
+        )
+    })
+}
+
+async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, kube::Error> {
+    let namespace = env.namespace().unwrap_or_default();
+    let name = env.name_any();
+    let api: Api<Environment> = Api::namespaced(ctx.client.clone(), &namespace);
+    if env.metadata.deletion_timestamp.is_some() {
+        return finalize(&env, &ctx, &api).await;
+    }
+    if !env.finalizers().iter().any(|f| f == FINALIZER) {
+        let patch = json!({
+            "apiVersion": "fleetforge.dev/v1alpha1", "kind": "Environment",
+            "metadata": {"finalizers": [FINALIZER]},
+        });
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    }
+    let created = env
+        .creation_timestamp()
+        .map(|t| t.0)
+        .unwrap_or_else(Timestamp::now);
+    let pools = env
+        .spec
+        .dedicated
+        .as_ref()
+        .map(|d| d.node_pools.clone())
+        .unwrap_or_default();
+    let estimate = estimate(env.spec.kind, &pools);
+    let expires = match expires_at(created, &env.spec.ttl) {
+        Ok(at) => at,
+        Err(message) => {
+            let status = Status::failed("InvalidTTL", message);
+            write_status(&env, &api, status, None, estimate.ok()).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let now = Timestamp::now();
+    if now >= expires {
+        ctx.recorder
+            .publish(
+                &env.object_ref(&()),
+                EventType::Normal,
+                "Expired",
+                "Delete",
+                &format!(
+                    "ttl {} ran out at {expires}: deleting {name} and everything in it",
+                    env.spec.ttl
+                ),
+            )
+            .await?;
+        write_status(&env, &api, Status::expired(), Some(expires), estimate.ok()).await?;
+        api.delete(&name, &DeleteParams::default()).await?;
+        return Ok(Action::await_change());
+    }
+    let until_expiry = Duration::try_from(expires.duration_since(now)).unwrap_or_default();
+
+    if let Some(max) = ctx.options.max_per_owner {
+        let all = api.list(&ListParams::default()).await?.items;
+        if let Some(message) = over_quota(&env, &all, max) {
+            if env.status.as_ref().and_then(|s| s.phase) != Some(EnvironmentPhase::Pending) {
+                ctx.recorder
+                    .publish(
+                        &env.object_ref(&()),
+                        EventType::Warning,
+                        "QuotaExceeded",
+                        "Admit",
+                        &message,
+                    )
+                    .await?;
+            }
+            write_status(
+                &env,
+                &api,
+                Status::held("QuotaExceeded", message),
+                Some(expires),
+                estimate.ok(),
+            )
+            .await?;
+            return Ok(Action::requeue(Duration::from_secs(30).min(until_expiry)));
+        }
+    }
+    let estimate = match estimate {
+        Ok(estimate) => Some(estimate),
+        Err(message) => {
+            write_status(
+                &env,
+                &api,
+                Status::failed("UnknownMachineType", format!("spec.dedicated.{message}")),
+                Some(expires),
+                None,
+            )
+            .await?;
+            return Ok(Action::requeue(Duration::from_secs(300).min(until_expiry)));
+        }
+    };
+
+    // Sleep: asked for, or idle for sleepAfter. Activity is read inside
+    // only while the environment is up (a sleeping one has no API).
+    let mut activity = known_activity(&env);
+    let mut bed = None;
+    if let (Some(after), EnvironmentType::Virtual) = (&env.spec.sleep_after, env.spec.kind) {
+        if env.status.as_ref().and_then(|s| s.phase) == Some(EnvironmentPhase::Ready) {
+            let secret = format!("{name}-kubeconfig");
+            if let Some(seen) = activity_inside(&ctx.client, &namespace, &secret).await {
+                activity = activity.max(seen);
+            }
+        }
+        match bedtime(activity, after) {
+            Ok(at) => bed = Some(at),
+            Err(message) => {
+                let status = Status::failed("InvalidSleepAfter", message);
+                write_status(&env, &api, status, Some(expires), estimate).await?;
+                return Ok(Action::await_change());
+            }
+        }
+    }
+    let idle = bed.is_some_and(|at| now >= at);
+    let asleep = env.spec.sleep || idle;
+
+    let child = child(&env, asleep);
+    // Its own field manager: the child's reconciler applies the child's
+    // metadata as `fleetforge`, and one manager's apply drops the fields
+    // the other set.
+    let params = PatchParams::apply(CHILD_MANAGER).force();
+    match env.spec.kind {
+        EnvironmentType::Virtual => {
+            Api::<VirtualCluster>::namespaced(ctx.client.clone(), &namespace)
+                .patch(&name, &params, &Patch::Apply(&child))
+                .await?;
+        }
+        EnvironmentType::Dedicated => {
+            Api::<Cluster>::namespaced(ctx.client.clone(), &namespace)
+                .patch(&name, &params, &Patch::Apply(&child))
+                .await?;
+        }
+    }
+    let status = match child_state(&env, &ctx.client).await? {
+        Some((_, true, _)) if idle && !env.spec.sleep => Status::sleeping(format!(
+            "asleep (scaled to zero) after {} idle, last activity at {activity}; `fleetforge env wake {name}` wakes it",
+            env.spec.sleep_after.as_deref().unwrap_or_default()
+        )),
+        Some((_, true, _)) => Status::sleeping(format!(
+            "asleep (scaled to zero); set spec.sleep to false (`fleetforge env wake {name}`) to wake it"
+        )),
+        Some((true, false, _)) if asleep => Status::provisioning("going to sleep".into()),
+        Some((true, false, message)) => match tools_pending(&env, &ctx.client).await? {
+            Some(waiting) => Status::provisioning(waiting),
+            None => Status::ready(message),
+        },
+        Some((false, _, message)) => Status::provisioning(message),
+        None => Status::provisioning("creating".into()),
+    };
+    let settled = matches!(
+        status.phase,
+        EnvironmentPhase::Ready | EnvironmentPhase::Sleeping
+    );
+    if settled && env.status.as_ref().and_then(|s| s.phase) != Some(status.phase) {
+        ctx.recorder
+            .publish(
+                &env.object_ref(&()),
+                EventType::Normal,
+                if status.phase == EnvironmentPhase::Ready {
+                    "Ready"
+                } else {
+                    "Sleeping"
+                },
+                "Reconcile",
+                &if status.phase == EnvironmentPhase::Ready {
+                    format!("{name} is Ready; kubeconfig in Secret {name}-kubeconfig; expires at {expires}")
+                } else {
+                    status.ready.message.clone()
+                },
+            )
+            .await?;
+    }
+    let mut status = status;
+    if env.spec.sleep_after.is_some() {
+        status.last_activity = Some(activity);
+    }
+    write_status(&env, &api, status, Some(expires), estimate).await?;
+    let mut next = if settled {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(3)
+    };
+    if let (Some(at), false) = (bed, asleep) {
+        let until_bed = Duration::try_from(at.duration_since(now)).unwrap_or_default();
+        next = next.min(until_bed + Duration::from_secs(1));
+    }
+    Ok(Action::requeue(
+        next.min(until_expiry + Duration::from_secs(1)),
+    ))
+}
+
+/// The status a pass decides.
+struct Status {
+    phase: EnvironmentPhase,
+    ready: Desired,
+    synced: Desired,
+    /// The newest sign of use, for environments that sleep when idle.
+    last_activity: Option<Timestamp>,
+}
+
+impl Status {
+    fn ready(message: String) -> Self {
+        Self {
+            phase: EnvironmentPhase::Ready,
+            ready: Desired::yes(condition::READY, "Available", message),
+            synced: Desired::yes(
+                condition::SYNCED,
+                "Synced",
+                "the environment matches its spec",
+            ),
+            last_activity: None,
+        }
+    }
+
+    fn provisioning(message: String) -> Self {
+        Self {
+            phase: EnvironmentPhase::Provisioning,
+            ready: Desired::no(condition::READY, "Provisioning", message),
+            synced: Desired::yes(
+                condition::SYNCED,
+                "Synced",
+                "the environment's cluster is requested",
+            ),
+            last_activity: None,
+        }
+    }
+
+    fn sleeping(message: String) -> Self {
+        Self {
+            phase: EnvironmentPhase::Sleeping,
+            ready: Desired::no(condition::READY, "Sleeping", message),
+            synced: Desired::yes(
+                condition::SYNCED,
+                "Synced",
+                "the environment matches its spec",
+            ),
+            last_activity: None,
+        }
+    }
+
+    fn held(reason: &str, message: String) -> Self {
+        Self {
+            phase: EnvironmentPhase::Pending,
+            ready: Desired::no(condition::READY, reason, message.clone()),
+            synced: Desired::no(condition::SYNCED, reason, message),
+            last_activity: None,
+        }
+    }
+
+    fn failed(reason: &str, message: String) -> Self {
+        Self {
+            phase: EnvironmentPhase::Failed,
+            ready: Desired::no(condition::READY, reason, message.clone()),
+            synced: Desired::no(condition::SYNCED, reason, message),
+            last_activity: None,
+        }
+    }
+
+    fn expired() -> Self {
+        Self {
+            phase: EnvironmentPhase::Expired,
+            ready: Desired::no(condition::READY, "Expired", "the time to live ran out"),
+            synced: Desired::yes(condition::SYNCED, "Expired", "deleting"),
+            last_activity: None,
+        }
+    }
+}
+
+async fn write_status(
+    env: &Environment,
+    api: &Api<Environment>,
+    status: Status,
+    expires: Option<Timestamp>,
+    estimate: Option<Estimate>,
+) -> Result<(), kube::Error> {
+    let previous = env.status.clone().unwrap_or_default();
+    let generation = env.metadata.generation;
+    let conditions = conditions::merge(
+        &previous.conditions,
+        &[status.ready, status.synced],
+        generation,
+        &conditions::now(),
+    );
+    let mut fields: BTreeMap<&str, Value> = BTreeMap::new();
+    fields.insert("phase", json!(status.phase));
+    fields.insert("conditions", json!(conditions));
+    fields.insert("observedGeneration", json!(generation));
+    if let Some(at) = expires {
+        let whole = Timestamp::from_second(at.as_second()).unwrap_or(at);
+        fields.insert("expiresAt", json!(Time(whole)));
+    }
+    if let Some(at) = status.last_activity {
+        let whole = Timestamp::from_second(at.as_second()).unwrap_or(at);
+        fields.insert("lastActivity", json!(Time(whole)));
+    }
+    fields.insert(
+        "kubeconfigSecretRef",
+        json!({"name": format!("{}-kubeconfig", env.name_any())}),
+    );
+    if let Some(estimate) = estimate {
+        fields.insert("estimate", json!(estimate));
+    }
+    let status = json!(fields);
+    if serde_json::to_value(&previous).unwrap_or_default() == status {
+        return Ok(());
+    }
+    api.patch_status(
+        &env.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&json!({"apiVersion": "fleetforge.dev/v1alpha1", "kind": "Environment", "status": status})),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletion: delete the child and wait until it is gone (its own finalizer
+/// removes the cluster or the vcluster release), then drop ours.
+async fn finalize(
+    env: &Environment,
+    ctx: &Context,
+    api: &Api<Environment>,
+) -> Result<Action, kube::Error> {
+    if !env.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let namespace = env.namespace().unwrap_or_default();
+    let name = env.name_any();
+    let owned = |labels: &BTreeMap<String, String>| labels.get(ENVIRONMENT_LABEL) == Some(&name);
+    let remaining = match env.spec.kind {
+        EnvironmentType::Virtual => {
+            let children: Api<VirtualCluster> = Api::namespaced(ctx.client.clone(), &namespace);
+            match children.get_opt(&name).await? {
+                Some(child) if owned(child.labels()) => {
+                    if child.metadata.deletion_timestamp.is_none() {
+                        children.delete(&name, &DeleteParams::default()).await?;
+                    }
+                    true
+                }
+                _ => false,
+            }
+        }
+        EnvironmentType::Dedicated => {
+            let children: Api<Cluster> = Api::namespaced(ctx.client.clone(), &namespace);
+            match children.get_opt(&name).await? {
+                Some(child) if owned(child.labels()) => {
+                    if child.metadata.deletion_timestamp.is_none() {
+                        children.delete(&name, &DeleteParams::default()).await?;
+                    }
+                    true
+                }
+                _ => false,
+            }
+        }
+    };
+    if remaining {
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+    let finalizers: Vec<&String> = env
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .collect();
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
+    )
+    .await?;
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk_pool(machine_type: &str, min: i32, desired: Option<i32>) -> NodePool {
+        NodePool {
+            name: "workers".into(),
+            machine_type: machine_type.into(),
+            min,
+            max: 10,
+            desired,
+        }
+    }
+
+    #[test]
+    fn machine_sizes_follow_each_providers_naming() {
+        assert_eq!(machine_size("standard-2"), Some((2000, 8192)));
+        assert_eq!(machine_size("e2-standard-4"), Some((4000, 16384)));
+        assert_eq!(machine_size("n2-highmem-8"), Some((8000, 65536)));
+        assert_eq!(machine_size("Standard_D4s_v5"), Some((4000, 16384)));
+        assert_eq!(machine_size("m7i.large"), Some((2000, 8192)));
+        assert_eq!(machine_size("c6g.2xlarge"), Some((8000, 16384)));
+        assert_eq!(machine_size("quantum-9000"), None);
+    }
+
+    #[test]
+    fn an_estimate_adds_pools_at_their_initial_size_and_names_unknown_types() {
+        let pools = [
+            mk_pool("standard-2", 1, Some(3)),
+            mk_pool("standard-4", 2, None),
+        ];
+        let estimate = estimate(EnvironmentType::Dedicated, &pools).unwrap();
+        assert_eq!(estimate.vcpu, Some(Quantity("14".into())));
+        assert_eq!(estimate.memory, Some(Quantity("56Gi".into())));
+        let virtual_estimate = estimate_virtual();
+        assert_eq!(virtual_estimate.vcpu, Some(Quantity("200m".into())));
+        assert_eq!(virtual_estimate.memory, Some(Quantity("256Mi".into())));
+        let error = super::estimate(
+            EnvironmentType::Dedicated,
+            &[mk_pool("quantum-9000", 1, None)],
+        )
+        .unwrap_err();
+        assert_eq!(
+            error,
+            "nodePools[workers].machineType: quantum-9000 is not in the size table"
+        );
+    }
+
+    fn estimate_virtual() -> Estimate {
+        estimate(EnvironmentType::Virtual, &[]).unwrap()
+    }
+
+    #[test]
+    fn expiry_is_creation_plus_ttl() {
+        let created = Timestamp::from_second(1_000).unwrap();
+        assert_eq!(
+            expires_at(created, "1h30m").unwrap(),
+            Timestamp::from_second(1_000 + 5_400).unwrap()
+        );
+        assert!(
+            expires_at(created, "soon")
+                .unwrap_err()
+                .starts_with("spec.ttl: ")
+        );
+    }
+
+    fn mk_env(name: &str, owner: &str, second: i64) -> Environment {
+        let mut env: Environment = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "dev"},
+            "spec": {"type": "virtual", "owner": owner},
+        }))
+        .unwrap();
+        env.metadata.creation_timestamp = Some(Time(Timestamp::from_second(second).unwrap()));
+        env
+    }
+
+    #[test]
+    fn the_per_owner_maximum_holds_back_the_newest_requests() {
+        let all = [
+            mk_env("a1", "alice", 1),
+            mk_env("a2", "alice", 2),
+            mk_env("b1", "bob", 3),
+            mk_env("a3", "alice", 4),
+        ];
+        assert_eq!(over_quota(&all[1], &all, 2), None);
+        let held = over_quota(&all[3], &all, 2).unwrap();
+        assert!(
+            held.starts_with("owner alice already has 2 environments, the per-owner maximum is 2"),
+            "{held}"
+        );
+        assert_eq!(over_quota(&all[2], &all, 1), None);
+    }
+
+    #[test]
+    fn a_virtual_environment_asks_for_a_vcluster_that_sleeps_on_request() {
+        let mut env: Environment = serde_json::from_value(json!({
+            "metadata": {"name": "mine", "namespace": "dev", "uid": "u-1"},
+            "spec": {"type": "virtual", "owner": "alice", "profile": "dev", "sleep": true,
+                     "virtual": {"host": {"clusterRef": {"name": "host"}}, "sharedTools": ["cert-manager"]}},
+        }))
+        .unwrap();
+        let vc = child(&env, env.spec.sleep);
+        assert_eq!(vc["kind"], "VirtualCluster");
+        assert_eq!(vc["spec"]["profile"], "dev");
+        assert_eq!(vc["spec"]["host"]["clusterRef"]["name"], "host");
+        assert_eq!(
+            vc["spec"]["values"]["controlPlane"]["statefulSet"]["highAvailability"]["replicas"],
+            0
+        );
+        assert_eq!(vc["metadata"]["ownerReferences"][0]["kind"], "Environment");
+        env.spec.sleep = false;
+        assert!(child(&env, false)["spec"].get("values").is_none());
+    }
+
+    #[test]
+    fn activity_is_the_newest_workload_change_outside_the_system_namespaces() {
+        let meta = |namespace: &str, created: i64, changed: Option<i64>| -> ObjectMeta {
+            serde_json::from_value(json!({
+                "namespace": namespace,
+                "creationTimestamp": Time(Timestamp::from_second(created).unwrap()),
+                "managedFields": changed.map(|at| vec![json!({"manager": "kubectl", "operation": "Update",
+                    "time": Time(Timestamp::from_second(at).unwrap())})]).unwrap_or_default(),
+            }))
+            .unwrap()
+        };
+        let objects = [
+            meta("kube-system", 900, Some(950)),
+            meta("default", 100, None),
+            meta("app", 200, Some(400)),
+        ];
+        assert_eq!(newest_change(&objects), Timestamp::from_second(400).ok());
+        assert_eq!(newest_change(&objects[..1]), None);
+    }
+
+    #[test]
+    fn an_idle_environment_sleeps_sleep_after_its_last_activity_and_a_wake_restarts_the_clock() {
+        let activity = Timestamp::from_second(1_000).unwrap();
+        assert_eq!(
+            bedtime(activity, "30m").unwrap(),
+            Timestamp::from_second(2_800).unwrap()
+        );
+        assert!(
+            bedtime(activity, "later")
+                .unwrap_err()
+                .starts_with("spec.sleepAfter: ")
+        );
+        let mut env = mk_env("a1", "alice", 1_000);
+        assert_eq!(known_activity(&env), activity);
+        env.metadata.annotations =
+            Some([(WOKEN_AT.to_string(), "1970-01-01T00:30:00Z".to_string())].into());
+        assert_eq!(known_activity(&env), Timestamp::from_second(1_800).unwrap());
+    }
+}

@@ -1,0 +1,218 @@
+//! Environments on real local clusters, through the built controller under
+//! its RBAC: a virtual environment becomes Ready with a working kubeconfig
+//! and its profile's tools inside (a shared host tool not installed twice);
+//! it sleeps and wakes; a third request of one owner waits on the per-owner
+//! maximum; a dedicated environment creates a local Cluster; deleting an
+//! environment mid-provisioning leaves nothing behind; a run-out time to
+//! live deletes everything and says so.
+
+use std::time::Duration;
+
+use fleetforge_api::environment::EnvironmentPhase;
+use fleetforge_api::{Cluster, Environment, ToolInstall, ToolState, VirtualCluster, condition};
+use fleetforge_core::environment::WOKEN_AT;
+use fleetforge_e2e::local::{
+    Cleanup, WAIT, apply, await_clusters_ready, chart, delete_clusters, local_clusters,
+    release_names, start, target_client, target_kubeconfig,
+};
+use fleetforge_e2e::vcluster::SyncerStandIn;
+use fleetforge_e2e::{Controller, await_event, install, workspace_root};
+use fleetforge_testenv::{await_condition, shared};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use serde_json::{Value, json};
+
+fn environment(name: &str, owner: &str, ttl: &str) -> Value {
+    json!({
+        "apiVersion": "fleetforge.dev/v1alpha1", "kind": "Environment",
+        "metadata": {"name": name},
+        "spec": {
+            "type": "virtual", "owner": owner, "ttl": ttl, "profile": "env-tools",
+            "virtual": {
+                "host": {"clusterRef": {"name": "env-host"}},
+                "chart": {"repository": workspace_root().join("e2e/charts/vcluster").display().to_string(), "name": "vcluster", "version": "0.1.0"},
+                "sharedTools": ["widgets"],
+            },
+        },
+    })
+}
+
+async fn await_phase(
+    api: &Api<Environment>,
+    name: &str,
+    phase: EnvironmentPhase,
+    controller: &Controller,
+) -> Environment {
+    let found = await_condition(
+        api,
+        name,
+        &format!("Environment {name} {phase:?}"),
+        WAIT,
+        |e: Option<&Environment>| {
+            e.and_then(|e| e.status.as_ref())
+                .is_some_and(|s| s.phase == Some(phase))
+        },
+    )
+    .await;
+    match found {
+        Ok(env) => env.expect("the environment exists"),
+        Err(e) => panic!("{e}\n{}", controller.process.log_tail()),
+    }
+}
+
+#[tokio::test]
+async fn environments_come_sleep_wake_wait_their_turn_and_go() {
+    install();
+    let work = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(work.path().to_path_buf());
+    shared()
+        .with_temp_ns(|client, ns| async move {
+            let controller = start(&client, &ns, work.path()).await;
+            local_clusters(&client, &ns, &[("env-host", json!({}))]).await;
+            await_clusters_ready(&client, &ns, &["env-host"], &controller).await;
+            let host_kubeconfig = target_kubeconfig(&client, &ns, "env-host", work.path()).await;
+            let _syncer = SyncerStandIn::start(&host_kubeconfig, &work.path().join("virtual")).await;
+            // The profile (cluster-scoped, so one per test binary run).
+            apply(
+                &client,
+                None,
+                json!({
+                    "apiVersion": "fleetforge.dev/v1alpha1", "kind": "ToolSet",
+                    "metadata": {"name": "env-tools"},
+                    "spec": {"tools": [
+                        {"name": "widgets", "chart": chart("widgets")},
+                        {"name": "cache", "chart": chart("cache"), "health": [{"kind": "Deployment", "name": "cache"}]},
+                    ]},
+                }),
+            )
+            .await;
+
+            // A virtual environment: Ready, its kubeconfig reaches a real API,
+            // the profile's cache is DEPLOYED inside and widgets is SHARED.
+            apply(&client, Some(&ns), environment("mine", "alice", "1h")).await;
+            let envs: Api<Environment> = Api::namespaced(client.clone(), &ns);
+            let ready = await_phase(&envs, "mine", EnvironmentPhase::Ready, &controller).await;
+            let status = ready.status.unwrap();
+            assert_eq!(status.kubeconfig_secret_ref.unwrap().name, "mine-kubeconfig");
+            let estimate = status.estimate.unwrap();
+            assert_eq!((estimate.vcpu.unwrap().0.as_str(), estimate.memory.unwrap().0.as_str()), ("200m", "256Mi"));
+            let expires = status.expires_at.unwrap().0;
+            let created = ready.metadata.creation_timestamp.unwrap().0;
+            assert_eq!(expires.as_second() - created.as_second(), 3600);
+            await_event(&client, &ns, "Ready", "kubeconfig in Secret mine-kubeconfig", &controller).await;
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+            let kubeconfig = work.path().join("mine.kubeconfig");
+            std::fs::write(&kubeconfig, &secrets.get("mine-kubeconfig").await.unwrap().data.unwrap()["value"].0).unwrap();
+            let inside = target_client(&kubeconfig).await;
+            inside.apiserver_version().await.expect("the environment's API answers");
+            let installs: Api<ToolInstall> = Api::namespaced(client.clone(), &ns);
+            let tools = await_condition(&installs, "mine-profile", "the profile inside the environment", WAIT, |ti: Option<&ToolInstall>| {
+                ti.and_then(|t| t.status.as_ref())
+                    .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == condition::READY && c.status == "True"))
+            })
+            .await;
+            let tools = match tools {
+                Ok(ti) => ti.unwrap(),
+                Err(e) => panic!("{e}\n{}", controller.process.log_tail()),
+            };
+            let states: Vec<(String, ToolState)> = tools.status.unwrap().targets[0].tools.iter().map(|t| (t.name.clone(), t.state)).collect();
+            assert_eq!(states, [("widgets".to_string(), ToolState::Shared), ("cache".to_string(), ToolState::Deployed)]);
+            assert_eq!(release_names(&kubeconfig), ["cache"]);
+
+            // Sleep: the vcluster is scaled to zero and its API stops; wake:
+            // it answers again.
+            envs.patch("mine", &PatchParams::default(), &Patch::Merge(json!({"spec": {"sleep": true}}))).await.unwrap();
+            await_phase(&envs, "mine", EnvironmentPhase::Sleeping, &controller).await;
+            let stopped = async {
+                for _ in 0..60 {
+                    if inside.apiserver_version().await.is_err() {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                false
+            };
+            assert!(stopped.await, "a sleeping environment's API should stop");
+            envs.patch("mine", &PatchParams::default(), &Patch::Merge(json!({"spec": {"sleep": false}}))).await.unwrap();
+            await_phase(&envs, "mine", EnvironmentPhase::Ready, &controller).await;
+            target_client(&kubeconfig).await.apiserver_version().await.expect("woken, the API answers again");
+
+            // sleepAfter: idle that long (no workload change inside since
+            // the wake), it sleeps by itself and says why; a wake (the
+            // annotation `fleetforge env wake` sets) brings it back.
+            let now = || k8s_openapi::jiff::Timestamp::now().to_string();
+            envs.patch("mine", &PatchParams::default(), &Patch::Merge(json!({
+                "metadata": {"annotations": {WOKEN_AT: now()}}, "spec": {"sleepAfter": "10s"},
+            }))).await.unwrap();
+            let idle = await_phase(&envs, "mine", EnvironmentPhase::Sleeping, &controller).await;
+            let status = idle.status.unwrap();
+            let message = &status.conditions.iter().find(|c| c.type_ == condition::READY).unwrap().message;
+            assert!(message.starts_with("asleep (scaled to zero) after 10s idle, last activity at "), "{message}");
+            assert!(status.last_activity.is_some());
+            envs.patch("mine", &PatchParams::default(), &Patch::Merge(json!({
+                "metadata": {"annotations": {WOKEN_AT: now()}}, "spec": {"sleepAfter": null},
+            }))).await.unwrap();
+            await_phase(&envs, "mine", EnvironmentPhase::Ready, &controller).await;
+
+            // The per-owner maximum (2 here): alice's third request waits.
+            apply(&client, Some(&ns), environment("second", "alice", "1h")).await;
+            apply(&client, Some(&ns), environment("third", "alice", "1h")).await;
+            let held = await_phase(&envs, "third", EnvironmentPhase::Pending, &controller).await;
+            let message = held.status.unwrap().conditions.iter().find(|c| c.type_ == condition::READY).unwrap().message.clone();
+            assert!(message.starts_with("owner alice already has 2 environments, the per-owner maximum is 2"), "{message}");
+            let virtual_clusters: Api<VirtualCluster> = Api::namespaced(client.clone(), &ns);
+            assert!(virtual_clusters.get_opt("third").await.unwrap().is_none(), "nothing is provisioned for a held request");
+
+            // Deleting mid-provisioning leaves nothing behind.
+            envs.delete("second", &DeleteParams::default()).await.unwrap();
+            let gone = await_condition(&envs, "second", "the deleted environment to go", WAIT, |e: Option<&Environment>| e.is_none()).await;
+            assert!(gone.is_ok(), "{gone:?}\n{}", controller.process.log_tail());
+            assert!(virtual_clusters.get_opt("second").await.unwrap().is_none());
+            // ... and the held request gets its turn.
+            await_phase(&envs, "third", EnvironmentPhase::Ready, &controller).await;
+
+            // A run-out time to live deletes everything, with an event.
+            envs.patch("mine", &PatchParams::default(), &Patch::Merge(json!({"spec": {"ttl": "1s"}}))).await.unwrap();
+            let gone = await_condition(&envs, "mine", "the expired environment to go", WAIT, |e: Option<&Environment>| e.is_none()).await;
+            assert!(gone.is_ok(), "{gone:?}\n{}", controller.process.log_tail());
+            await_event(&client, &ns, "Expired", "ttl 1s ran out", &controller).await;
+            assert!(virtual_clusters.get_opt("mine").await.unwrap().is_none());
+            assert!(secrets.get_opt("mine-kubeconfig").await.unwrap().is_none());
+            let host = target_client(&host_kubeconfig).await;
+            let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(host);
+            let removed = await_condition(&namespaces, "vcluster-mine", "the host namespace to go", Duration::from_secs(60), |n: Option<&k8s_openapi::api::core::v1::Namespace>| n.is_none()).await;
+            assert!(removed.is_ok(), "{removed:?}");
+
+            // A dedicated environment is a local Cluster of its own.
+            apply(
+                &client,
+                Some(&ns),
+                json!({
+                    "apiVersion": "fleetforge.dev/v1alpha1", "kind": "Environment",
+                    "metadata": {"name": "own"},
+                    "spec": {"type": "dedicated", "owner": "bob", "ttl": "2h",
+                             "dedicated": {"providerConfigRef": {"name": format!("local-{ns}")}, "version": "1.36",
+                                           "nodePools": [{"name": "workers", "machineType": "standard-2", "min": 1, "max": 1}]}},
+                }),
+            )
+            .await;
+            let own = await_phase(&envs, "own", EnvironmentPhase::Ready, &controller).await;
+            let estimate = own.status.unwrap().estimate.unwrap();
+            assert_eq!((estimate.vcpu.unwrap().0.as_str(), estimate.memory.unwrap().0.as_str()), ("2", "8Gi"));
+            let clusters: Api<Cluster> = Api::namespaced(client.clone(), &ns);
+            assert!(clusters.get_opt("own").await.unwrap().is_some());
+            let own_kubeconfig = target_kubeconfig(&client, &ns, "own", work.path()).await;
+            target_client(&own_kubeconfig).await.apiserver_version().await.expect("the dedicated cluster answers");
+
+            for name in ["third", "own"] {
+                envs.delete(name, &DeleteParams::default()).await.unwrap();
+            }
+            for name in ["third", "own"] {
+                let gone = await_condition(&envs, name, "the environment to go", WAIT, |e: Option<&Environment>| e.is_none()).await;
+                assert!(gone.is_ok(), "{gone:?}\n{}", controller.process.log_tail());
+            }
+            assert!(clusters.get_opt("own").await.unwrap().is_none());
+            delete_clusters(&client, &ns, &["env-host"]).await;
+        })
+        .await;
+}
