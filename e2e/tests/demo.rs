@@ -4,7 +4,9 @@
 //! deleted out of band is reported as drift and restored (or only reported
 //! under `driftPolicy: Report`); a pool scales; a cluster stopped or deleted
 //! out of band is restarted or recreated; deleting a Cluster removes
-//! its kwokctl cluster and processes; a second run is idempotent; and
+//! its kwokctl cluster and processes; a developer requests, lists, extends
+//! and deletes a dedicated environment with `fleetforge env` (errors one
+//! line each, the namespace's quota enforced); a second run is idempotent; and
 //! `scripts/demo down` leaves no process behind.
 
 use std::path::{Path, PathBuf};
@@ -426,6 +428,123 @@ fn the_demo_runs_the_platform_on_local_clusters() {
                 "ExternalResourceMissing: {missing}; apps: {apps:?}"
             ))
     });
+
+    // A developer's environment, through the CLI: errors are one line; a
+    // dedicated environment becomes Ready with the profile and a working
+    // kubeconfig; list, extend and delete work; the namespace's quota of
+    // Environments is enforced at admission.
+    let env = |args: &[&str]| {
+        Command::new(fleetforge_bin())
+            .arg("env")
+            .args(args)
+            .args(["-n", "platform"])
+            .env("KUBECONFIG", &management)
+            .env("FLEETFORGE_HOME", home.path())
+            .output()
+            .unwrap()
+    };
+    let refused = |args: &[&str]| {
+        let output = env(args);
+        assert!(!output.status.success(), "{args:?} should fail");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        stderr
+    };
+    assert_eq!(
+        refused(&["request", "perf", "--dedicated", "--profile", "nope"]),
+        "fleetforge env: error: --profile: unknown profile nope (known: local-dev)\n"
+    );
+    assert!(
+        refused(&["request", "perf", "--dedicated", "--ttl", "soon"])
+            .starts_with("fleetforge env: error: --ttl: ")
+    );
+    let requested = env(&[
+        "request",
+        "perf",
+        "--dedicated",
+        "--profile",
+        "local-dev",
+        "--ttl",
+        "2h",
+        "--owner",
+        "bob",
+    ]);
+    let stdout = String::from_utf8_lossy(&requested.stdout);
+    assert!(
+        requested.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&requested.stderr)
+    );
+    assert!(stdout.starts_with("perf is Ready (expires at "), "{stdout}");
+    let perf = home.path().join("kubeconfigs/env.platform.perf.yaml");
+    assert!(
+        stdout.contains(&format!("export KUBECONFIG={}", perf.display())),
+        "{stdout}"
+    );
+    assert_eq!(nodes(&perf, "workers"), ["workers-0"]);
+    assert!(
+        !kubectl(&perf, &["get", "configmap", "web-settings", "-n", "apps"]).is_empty(),
+        "the profile is installed"
+    );
+    let listed = String::from_utf8(env(&["list"]).stdout).unwrap();
+    let row: Vec<&str> = listed
+        .lines()
+        .find(|l| l.starts_with("perf "))
+        .unwrap_or_else(|| panic!("{listed}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        (row[1], row[2], row[3]),
+        ("dedicated", "bob", "Ready"),
+        "{listed}"
+    );
+    assert!(listed.contains("2 vCPU, 8Gi"), "{listed}");
+    let extended = String::from_utf8(env(&["extend", "perf", "--ttl", "3h"]).stdout).unwrap();
+    assert!(extended.starts_with("perf now expires at "), "{extended}");
+    kubectl(
+        &management,
+        &[
+            "patch",
+            "resourcequota",
+            "environments",
+            "-n",
+            "platform",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"hard":{"count/environments.fleetforge.dev":"1"}}}"#,
+        ],
+    );
+    wait_for(
+        "the quota to count perf against a limit of 1",
+        Duration::from_secs(60),
+        || {
+            let status = kubectl(
+                &management,
+                &[
+                    "get",
+                    "resourcequota",
+                    "environments",
+                    "-n",
+                    "platform",
+                    "-o",
+                    "jsonpath={.status}",
+                ],
+            );
+            (status.contains(r#""hard":{"count/environments.fleetforge.dev":"1"}"#)
+                && status.contains(r#""used":{"count/environments.fleetforge.dev":"1"}"#))
+            .then_some(())
+            .ok_or(status)
+        },
+    );
+    let over = refused(&["request", "perf-2", "--dedicated"]);
+    assert!(over.contains("exceeded quota: environments"), "{over}");
+    let deleted = String::from_utf8(env(&["delete", "perf"]).stdout).unwrap();
+    assert_eq!(deleted, "perf is gone\n");
+    let left = kubectl(
+        &management,
+        &["get", "clusters", "-n", "platform", "-o", "name"],
+    );
+    assert!(!left.contains("perf"), "{left}");
 
     // A second run keeps the same control plane and controller.
     let pid = std::fs::read_to_string(home.path().join("controller.pid")).unwrap();

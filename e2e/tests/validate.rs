@@ -38,7 +38,7 @@ fn offline(args: &[&str]) -> Outcome {
 
 #[test]
 fn the_examples_are_valid() {
-    for path in ["examples/platform", "examples/nop"] {
+    for path in ["examples/platform", "examples/nop", "examples/environments"] {
         let outcome = offline(&[path]);
         assert_eq!(
             (outcome.code, outcome.stdout.as_str()),

@@ -250,7 +250,7 @@ fn remove_all(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .write(true)

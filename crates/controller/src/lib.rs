@@ -3,6 +3,7 @@
 
 pub mod crdgen;
 pub mod dev;
+pub mod env;
 pub mod home;
 pub mod leader;
 pub mod manifests;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use fleetforge_controller::telemetry::{self, LogFormat};
-use fleetforge_controller::{crdgen, dev, rbac, run, validate};
+use fleetforge_controller::{crdgen, dev, env, rbac, run, validate};
 
 /// Provisions managed clusters, virtual clusters, tools and dev environments
 /// declared as Kubernetes resources, and keeps them converged.
@@ -41,6 +41,14 @@ enum Command {
     /// --server adds a server-side dry run. Prints one line per problem
     /// (`file: Kind/name: field: message`) and exits 1 if there is any.
     Validate(validate::ValidateArgs),
+    /// Dev environments on demand: request, list, extend, sleep, wake,
+    /// delete (against KUBECONFIG).
+    Env {
+        #[command(flatten)]
+        common: env::Common,
+        #[command(subcommand)]
+        command: env::EnvCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,6 +79,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Rbac => print!("{}", rbac::render()?),
         Command::Dev(DevCommand::Up(args)) => dev::up(args).await?,
         Command::Dev(DevCommand::Down(args)) => dev::down(args).await?,
+        Command::Env { common, command } => {
+            if let Err(error) = env::run(common, command).await {
+                eprintln!("fleetforge env: error: {error:#}");
+                std::process::exit(1);
+            }
+        }
         Command::Validate(args) => {
             if !validate::run(args).await? {
                 std::process::exit(1);
