@@ -112,12 +112,17 @@ fn error_policy(env: Arc<Environment>, error: &kube::Error, _: Arc<Context>) -> 
     Action::requeue(Duration::from_secs(10))
 }
 
+/// A Go-style duration (`30m`, `8h`, `1h30m`), with an error that says
+/// what one looks like.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    text.parse::<kube::core::Duration>()
+        .map(Duration::from)
+        .map_err(|_| format!("{text:?} is not a duration like 30m, 8h or 1h30m"))
+}
+
 /// When the environment expires: its creation plus `ttl`.
 pub fn expires_at(created: Timestamp, ttl: &str) -> Result<Timestamp, String> {
-    let ttl: Duration = ttl
-        .parse::<kube::core::Duration>()
-        .map(Duration::from)
-        .map_err(|e| format!("spec.ttl: {e}"))?;
+    let ttl = parse_duration(ttl).map_err(|e| format!("spec.ttl: {e}"))?;
     let ttl = SignedDuration::try_from(ttl).map_err(|e| format!("spec.ttl: {e}"))?;
     created
         .checked_add(ttl)
@@ -261,10 +266,7 @@ pub fn newest_change<'a>(objects: impl IntoIterator<Item = &'a ObjectMeta>) -> O
 /// When an environment idle since `activity` falls asleep, given its
 /// `sleepAfter`.
 fn bedtime(activity: Timestamp, sleep_after: &str) -> Result<Timestamp, String> {
-    let after: Duration = sleep_after
-        .parse::<kube::core::Duration>()
-        .map(Duration::from)
-        .map_err(|e| format!("spec.sleepAfter: {e}"))?;
+    let after = parse_duration(sleep_after).map_err(|e| format!("spec.sleepAfter: {e}"))?;
     let after = SignedDuration::try_from(after).map_err(|e| format!("spec.sleepAfter: {e}"))?;
     activity
         .checked_add(after)
@@ -882,10 +884,9 @@ mod tests {
             expires_at(created, "1h30m").unwrap(),
             Timestamp::from_second(1_000 + 5_400).unwrap()
         );
-        assert!(
-            expires_at(created, "soon")
-                .unwrap_err()
-                .starts_with("spec.ttl: ")
+        assert_eq!(
+            expires_at(created, "soon").unwrap_err(),
+            "spec.ttl: \"soon\" is not a duration like 30m, 8h or 1h30m"
         );
     }
 
