@@ -142,8 +142,19 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             "starting the management control plane (etcd, kube-apiserver, kube-controller-manager)",
         );
         let started = Instant::now();
+        // A quota on a kind whose CRD was installed moments before it is
+        // only counted at the next full quota sync (every 5 minutes by
+        // default); until then it refuses every request of that kind.
         home.management
-            .create(MANAGEMENT, &["--disable", "kube-scheduler"])
+            .create(
+                MANAGEMENT,
+                &[
+                    "--disable",
+                    "kube-scheduler",
+                    "--extra-args",
+                    "kube-controller-manager=resource-quota-sync-period=15s",
+                ],
+            )
             .await?;
         say(format!(
             "  started in {:.1}s",

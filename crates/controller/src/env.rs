@@ -318,9 +318,22 @@ async fn request(client: &Client, namespace: &str, args: RequestArgs) -> anyhow:
         .unwrap_or_else(|| "unknown".to_string());
     let envs: Api<Environment> = Api::namespaced(client.clone(), namespace);
     let manifest: Environment = serde_json::from_value(manifest(&args, &owner, &target))?;
-    envs.create(&PostParams::default(), &manifest)
-        .await
-        .map_err(admission_error)?;
+    // A quota the quota controller has not counted yet refuses everything
+    // until it has (up to a minute after the quota or the CRD appears:
+    // "status unknown for quota"); wait that out.
+    let started = Instant::now();
+    loop {
+        match envs.create(&PostParams::default(), &manifest).await {
+            Ok(_) => break,
+            Err(kube::Error::Api(response))
+                if response.message.contains("status unknown for quota")
+                    && started.elapsed() < Duration::from_secs(90) =>
+            {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(error) => return Err(admission_error(error)),
+        }
+    }
     let name = &args.name;
     say(format!(
         "requested {name} ({} on {target}, owner {owner}, ttl {})",
