@@ -11,15 +11,15 @@ use std::time::Duration;
 use fleetforge_api::virtual_cluster::VirtualClusterPhase;
 use fleetforge_api::{ToolInstall, ToolState, VirtualCluster};
 use fleetforge_e2e::local::{
-    Cleanup, WAIT, apply, await_clusters_ready, chart as local_chart, delete_clusters,
+    Cleanup, WAIT, apply, await_clusters_ready, chart as local_chart, delete_clusters, helm,
     local_clusters, release_names, start, target_client, target_kubeconfig,
 };
 use fleetforge_e2e::vcluster::SyncerStandIn;
 use fleetforge_e2e::{await_event, install, workspace_root};
 use fleetforge_testenv::{await_condition, shared};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, DeleteParams, PostParams};
-use serde_json::json;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn a_virtual_cluster_comes_up_on_its_host_and_goes_without_a_trace() {
@@ -134,6 +134,87 @@ async fn a_virtual_cluster_comes_up_on_its_host_and_goes_without_a_trace() {
             assert!(removed.is_ok(), "{removed:?}");
 
             delete_clusters(&client, &ns, &["host"]).await;
+        })
+        .await;
+}
+
+/// A VirtualCluster with no host Cluster runs on the management cluster, in
+/// its own namespace, installed by the controller as itself: refused by
+/// the API server until the namespace grants `fleetforge-vcluster-host`,
+/// then Ready; deleting it leaves the namespace and nothing of the vcluster.
+#[tokio::test]
+async fn a_virtual_cluster_on_the_management_cluster_needs_its_namespace_to_allow_it() {
+    install();
+    let work = tempfile::tempdir().unwrap();
+    let _cleanup = Cleanup(work.path().to_path_buf());
+    shared()
+        .with_temp_ns(|client, ns| async move {
+            let controller = start(&client, &ns, work.path()).await;
+            let admin = fleetforge_e2e::admin_kubeconfig();
+            let _syncer = SyncerStandIn::start(&admin, &work.path().join("virtual")).await;
+            let chart = workspace_root().join("e2e/charts/vcluster");
+            apply(
+                &client,
+                Some(&ns),
+                json!({
+                    "apiVersion": "fleetforge.dev/v1alpha1", "kind": "VirtualCluster",
+                    "metadata": {"name": "beside"},
+                    "spec": {"chart": {"repository": chart.display().to_string(), "name": "vcluster", "version": "0.1.0"}},
+                }),
+            )
+            .await;
+            let api: Api<VirtualCluster> = Api::namespaced(client.clone(), &ns);
+            let refused = await_condition(&api, "beside", "the management cluster to refuse", WAIT, |vc: Option<&VirtualCluster>| {
+                vc.and_then(|v| v.status.as_ref()).is_some_and(|s| s.phase == Some(VirtualClusterPhase::Failed))
+            })
+            .await;
+            let refused = match refused {
+                Ok(vc) => vc.unwrap(),
+                Err(e) => panic!("{e}\n{}", controller.process.log_tail()),
+            };
+            let message = &refused.status.unwrap().conditions.iter().find(|c| c.type_ == "Synced").unwrap().message.clone();
+            assert!(message.starts_with(&format!("the controller may not install into namespace {ns} of the management cluster")) && message.ends_with("(deploy/rbac/vcluster-host-binding.yaml)"), "{message}");
+
+            // The namespace allows it: bind the role, and nudge the object.
+            let binding = json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "fleetforge-vcluster-host"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "fleetforge-vcluster-host"},
+                "subjects": [{"kind": "ServiceAccount", "name": "fleetforge", "namespace": ns}],
+            });
+            Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client.clone(), &ns)
+                .patch("fleetforge-vcluster-host", &PatchParams::apply("e2e"), &Patch::Apply(&binding))
+                .await
+                .unwrap();
+            api.patch("beside", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"e2e/retry": "1"}}})))
+                .await
+                .unwrap();
+            let ready = await_condition(&api, "beside", "the virtual cluster to be Ready", WAIT, |vc: Option<&VirtualCluster>| {
+                vc.and_then(|v| v.status.as_ref()).is_some_and(|s| s.phase == Some(VirtualClusterPhase::Ready))
+            })
+            .await;
+            let vc = match ready {
+                Ok(vc) => vc.unwrap(),
+                Err(e) => panic!("{e}\n{}", controller.process.log_tail()),
+            };
+            assert_eq!(vc.status.unwrap().host.as_deref(), Some("management"));
+            await_event(&client, &ns, "Installed", &format!("installed the vcluster chart 0.1.0 into {ns} on management"), &controller).await;
+            let releases: Value = serde_json::from_str(&helm(&admin, &["list", "-n", &ns, "-o", "json"])).unwrap();
+            assert_eq!(releases[0]["name"], "beside", "{releases}");
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+            let kubeconfig = work.path().join("beside.kubeconfig");
+            std::fs::write(&kubeconfig, &secrets.get("beside-kubeconfig").await.unwrap().data.unwrap()["value"].0).unwrap();
+            target_client(&kubeconfig).await.apiserver_version().await.expect("the virtual cluster answers");
+
+            api.delete("beside", &DeleteParams::default()).await.unwrap();
+            let gone = await_condition(&api, "beside", "the VirtualCluster to go", WAIT, |vc: Option<&VirtualCluster>| vc.is_none()).await;
+            assert!(gone.is_ok(), "{gone:?}\n{}", controller.process.log_tail());
+            let releases: Value = serde_json::from_str(&helm(&admin, &["list", "-n", &ns, "-o", "json"])).unwrap();
+            assert_eq!(releases, json!([]));
+            for name in ["vc-beside", "beside-kubeconfig"] {
+                assert!(secrets.get_opt(name).await.unwrap().is_none(), "{name} remains");
+            }
+            assert!(Api::<Namespace>::all(client.clone()).get_opt(&ns).await.unwrap().is_some(), "the namespace stays");
         })
         .await;
 }

@@ -10,6 +10,9 @@ pub const CONTROLLER_ROLE: &str = "fleetforge";
 /// Name of the ClusterRole for leader election, bound by a RoleBinding in
 /// the lease's namespace only.
 pub const LEADER_ELECTION_ROLE: &str = "fleetforge-leader-election";
+/// Name of the ClusterRole for VirtualClusters hosted on the management
+/// cluster, bound by a RoleBinding in each namespace that may have them.
+pub const VCLUSTER_HOST_ROLE: &str = "fleetforge-vcluster-host";
 
 fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
     PolicyRule {
@@ -99,6 +102,60 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                 rule("", &["configmaps"], &["get"]),
                 // Events for `kubectl describe`, and their series counts.
                 rule("events.k8s.io", &["events"], &["create", "patch"]),
+            ],
+        ),
+        // Not bound by default: bound with a RoleBinding in a namespace, it
+        // lets the controller install (as itself) VirtualClusters with no
+        // host Cluster there, on the management cluster: the vcluster
+        // chart's objects and Helm's release Secrets in that namespace only.
+        role(
+            VCLUSTER_HOST_ROLE,
+            vec![
+                rule(
+                    "",
+                    &[
+                        "secrets",
+                        "configmaps",
+                        "services",
+                        "serviceaccounts",
+                        "persistentvolumeclaims",
+                    ],
+                    &[
+                        "get", "list", "watch", "create", "update", "patch", "delete",
+                    ],
+                ),
+                rule("", &["pods", "endpoints"], &["get", "list", "watch"]),
+                rule(
+                    "apps",
+                    &["statefulsets", "deployments"],
+                    &[
+                        "get", "list", "watch", "create", "update", "patch", "delete",
+                    ],
+                ),
+                // vcluster's syncer gets a Role of its own in the namespace;
+                // granting it needs `bind` and `escalate` here.
+                rule(
+                    "rbac.authorization.k8s.io",
+                    &["roles", "rolebindings"],
+                    &[
+                        "get", "list", "watch", "create", "update", "patch", "delete", "bind",
+                        "escalate",
+                    ],
+                ),
+                rule(
+                    "networking.k8s.io",
+                    &["networkpolicies", "ingresses"],
+                    &[
+                        "get", "list", "watch", "create", "update", "patch", "delete",
+                    ],
+                ),
+                rule(
+                    "policy",
+                    &["poddisruptionbudgets"],
+                    &[
+                        "get", "list", "watch", "create", "update", "patch", "delete",
+                    ],
+                ),
             ],
         ),
         role(

@@ -97,8 +97,19 @@ fn absolute(path: &Path) -> PathBuf {
 /// Runs until SIGTERM or SIGINT (returning Ok) or until leadership is lost
 /// (returning an error, so that the process restarts as a candidate).
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
-    let client = Client::try_default()
+    let config = kube::Config::infer()
         .await
+        .context("connecting to Kubernetes (KUBECONFIG, ~/.kube/config or in-cluster)")?;
+    // helm acts on the management cluster (virtual clusters hosted there)
+    // with the controller's own identity.
+    let management_kubeconfig = match fleetforge_tools::target::kubeconfig_of(&config) {
+        Ok(text) => Some(text),
+        Err(e) => {
+            tracing::warn!("virtual clusters on the management cluster are off: {e}");
+            None
+        }
+    };
+    let client = Client::try_from(config)
         .context("connecting to Kubernetes (KUBECONFIG, ~/.kube/config or in-cluster)")?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
@@ -225,6 +236,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             helm: helm_binary(&args.tools_bin),
             namespace: args.namespace.clone(),
             charts_dir: absolute(&args.charts_dir),
+            management_kubeconfig,
         },
         async move {
             let _ = virtual_stopped.await;

@@ -36,6 +36,9 @@ pub enum HelmError {
     /// The target's API could not be reached.
     #[error("cannot reach the target: {0}")]
     Unreachable(String),
+    /// The target answered but does not allow what was asked.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 /// The `helm` CLI with a private configuration and cache.
@@ -50,8 +53,12 @@ pub struct Helm {
 pub struct ReleaseRequest<'a> {
     /// Release name.
     pub name: &'a str,
-    /// Namespace (created when missing).
+    /// Namespace.
     pub namespace: &'a str,
+    /// Create the namespace when it is missing (`--create-namespace`);
+    /// false where the controller may act in the namespace but not create
+    /// namespaces.
+    pub create_namespace: bool,
     /// Where the chart comes from.
     pub chart: &'a ChartSource,
     /// The values, passed as one values file.
@@ -85,7 +92,6 @@ impl Helm {
         args.extend([
             "--namespace".into(),
             release.namespace.into(),
-            "--create-namespace".into(),
             // The declared values are the whole truth: without this, an
             // upgrade whose values are empty keeps the previous release's
             // values (helm's default), so taking a value away did nothing.
@@ -97,6 +103,9 @@ impl Helm {
             "--values".into(),
             values_file.path().display().to_string(),
         ]);
+        if release.create_namespace {
+            args.push("--create-namespace".into());
+        }
         if !release.labels.is_empty() {
             let labels: Vec<String> = release
                 .labels
@@ -297,11 +306,28 @@ pub fn decode_release(secret: &Secret) -> Result<Release, String> {
 /// The current revision of every release on a target, keyed by (namespace,
 /// name): one list call over Helm's storage Secrets.
 pub async fn releases(client: &Client) -> Result<BTreeMap<(String, String), Release>, HelmError> {
-    let secrets: Api<Secret> = Api::all(client.clone());
+    releases_in(client, None).await
+}
+
+/// As [`releases`], in one namespace only (or all when None): for an
+/// identity that may read Secrets in that namespace but not everywhere.
+pub async fn releases_in(
+    client: &Client,
+    namespace: Option<&str>,
+) -> Result<BTreeMap<(String, String), Release>, HelmError> {
+    let secrets: Api<Secret> = match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
     let list = secrets
         .list(&ListParams::default().labels("owner=helm,status!=superseded"))
         .await
-        .map_err(|e| HelmError::Unreachable(e.to_string()))?;
+        .map_err(|e| match e {
+            kube::Error::Api(response) if response.code == 403 => {
+                HelmError::Forbidden(response.message)
+            }
+            other => HelmError::Unreachable(other.to_string()),
+        })?;
     let mut current: BTreeMap<(String, String), Release> = BTreeMap::new();
     for secret in &list.items {
         let release = match decode_release(secret) {

@@ -1182,6 +1182,7 @@ impl<'a> Pass<'a> {
         let request = ReleaseRequest {
             name: &tool.name,
             namespace: &namespace,
+            create_namespace: true,
             chart: &tool.chart,
             values: &desired,
             labels: &labels,

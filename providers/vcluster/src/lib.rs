@@ -3,7 +3,10 @@
 //! Secret `vc-<name>`, key `config`, in its namespace) read back, its server
 //! address made reachable from the controller, and published as the
 //! connection Secret `<name>-kubeconfig` (key `value`), as Cluster API does.
-//! Deleting uninstalls the release and removes the namespace.
+//! Deleting uninstalls the release and removes the namespace. A virtual
+//! cluster with no host Cluster runs on the management cluster, in its own
+//! namespace, installed by the controller as itself (which needs the
+//! `fleetforge-vcluster-host` role bound in that namespace).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,6 +42,10 @@ pub struct VirtualClusterOptions {
     pub namespace: Option<String>,
     /// Where relative chart paths are resolved.
     pub charts_dir: std::path::PathBuf,
+    /// A kubeconfig for the management cluster as the controller itself
+    /// (see [`fleetforge_tools::target::kubeconfig_of`]), for virtual
+    /// clusters hosted there; None refuses them.
+    pub management_kubeconfig: Option<String>,
 }
 
 struct Context {
@@ -47,6 +54,7 @@ struct Context {
     connections: Connections,
     recorder: Recorder,
     charts_dir: std::path::PathBuf,
+    management_kubeconfig: Option<String>,
     _work: tempfile::TempDir,
 }
 
@@ -74,6 +82,7 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), "fleetforge-vcluster"),
         client: client.clone(),
         charts_dir: options.charts_dir.clone(),
+        management_kubeconfig: options.management_kubeconfig.clone(),
         _work: work,
     });
     let api: Api<VirtualCluster> = match &options.namespace {
@@ -204,17 +213,57 @@ fn events(vc: &VirtualCluster, outcome: &Outcome) -> Vec<(EventType, &'static st
     }
 }
 
-/// The host Cluster and a connection to it, or why not yet.
-async fn host(
-    vc: &VirtualCluster,
-    ctx: &Context,
-) -> Result<Result<(Cluster, Arc<Connection>), Outcome>, Error> {
+/// Where a virtual cluster runs.
+struct Host {
+    /// The host Cluster's name, or `management`.
+    name: String,
+    /// How helm and the controller reach it.
+    connection: Arc<Connection>,
+    /// The management cluster itself: the controller acts there as itself,
+    /// inside the VirtualCluster's namespace only (it may not create or
+    /// delete namespaces, nor read Secrets elsewhere).
+    management: bool,
+}
+
+/// The host and a connection to it, or why not yet.
+async fn host(vc: &VirtualCluster, ctx: &Context) -> Result<Result<Host, Outcome>, Error> {
     let namespace = vc.namespace().unwrap_or_default();
     let Some(reference) = &vc.spec.host.cluster_ref else {
-        return Ok(Err(Outcome::refused(
-            "HostUnsupported",
-            "spec.host.clusterRef: hosting on the management cluster is not supported yet; name a Cluster".into(),
-        )));
+        let Some(kubeconfig) = &ctx.management_kubeconfig else {
+            return Ok(Err(Outcome::refused(
+                "HostUnsupported",
+                "spec.host: this controller was started without access to its own cluster to give helm; name a Cluster in spec.host.clusterRef".into(),
+            )));
+        };
+        if vc
+            .spec
+            .namespace
+            .as_ref()
+            .is_some_and(|ns| *ns != namespace)
+        {
+            return Ok(Err(Outcome::refused(
+                "HostUnsupported",
+                format!(
+                    "spec.namespace: on the management cluster a virtual cluster runs in its own namespace ({namespace}); leave spec.namespace out"
+                ),
+            )));
+        }
+        return match ctx
+            .connections
+            .connect_to("", "management", kubeconfig.as_bytes())
+            .await
+        {
+            Ok(connection) => Ok(Ok(Host {
+                name: "management".into(),
+                connection,
+                management: true,
+            })),
+            Err(message) => Ok(Err(Outcome::waiting(
+                VirtualClusterPhase::Pending,
+                "HostUnreachable",
+                message,
+            ))),
+        };
     };
     let clusters: Api<Cluster> = Api::namespaced(ctx.client.clone(), &namespace);
     let Some(cluster) = clusters.get_opt(&reference.name).await? else {
@@ -244,7 +293,11 @@ async fn host(
         .connect(&ctx.client, &namespace, &reference.name, &secret, "value")
         .await
     {
-        Ok(connection) => Ok(Ok((cluster, connection))),
+        Ok(connection) => Ok(Ok(Host {
+            name: reference.name.clone(),
+            connection,
+            management: false,
+        })),
         Err(message) => Ok(Err(Outcome::waiting(
             VirtualClusterPhase::Pending,
             "HostUnreachable",
@@ -253,7 +306,12 @@ async fn host(
     }
 }
 
-fn release_namespace(vc: &VirtualCluster) -> String {
+/// The release's namespace: `spec.namespace`, else `vcluster-<name>` on a
+/// host Cluster and the VirtualCluster's own on the management cluster.
+fn release_namespace(vc: &VirtualCluster, host: &Host) -> String {
+    if host.management {
+        return vc.namespace().unwrap_or_default();
+    }
     vc.spec
         .namespace
         .clone()
@@ -339,22 +397,34 @@ fn with_server(kubeconfig: &str, server: Option<&str>) -> Result<(String, String
 async fn sync(vc: &VirtualCluster, ctx: &Context) -> Result<Outcome, Error> {
     let name = vc.name_any();
     let namespace = vc.namespace().unwrap_or_default();
-    let (cluster, connection) = match host(vc, ctx).await? {
+    let host = match host(vc, ctx).await? {
         Ok(found) => found,
         Err(outcome) => return Ok(outcome),
     };
-    let host_name = cluster.name_any();
+    let connection = &host.connection;
+    let host_name = host.name.clone();
     let on_host = |mut outcome: Outcome| {
         outcome.host = Some(host_name.clone());
         outcome
     };
-    let release_ns = release_namespace(vc);
+    let release_ns = release_namespace(vc, &host);
     let chart = chart_source(vc.spec.chart.as_ref(), &ctx.charts_dir);
     let values = chart_values(vc);
     let owner = format!("{namespace}.{name}");
 
-    let releases = match helm::releases(connection.objects.client()).await {
+    let scope = host.management.then_some(release_ns.as_str());
+    let releases = match helm::releases_in(connection.objects.client(), scope).await {
         Ok(releases) => releases,
+        Err(helm::HelmError::Forbidden(message)) if host.management => {
+            return Ok(on_host(Outcome::refused(
+                "HostForbidden",
+                format!(
+                    "the controller may not install into namespace {release_ns} of the management cluster ({message}); \
+                     bind ClusterRole fleetforge-vcluster-host to it there with a RoleBinding \
+                     (deploy/rbac/vcluster-host-binding.yaml)"
+                ),
+            )));
+        }
         Err(e) => {
             return Ok(on_host(Outcome::waiting(
                 VirtualClusterPhase::Pending,
@@ -383,6 +453,7 @@ async fn sync(vc: &VirtualCluster, ctx: &Context) -> Result<Outcome, Error> {
         let request = ReleaseRequest {
             name: &name,
             namespace: &release_ns,
+            create_namespace: !host.management,
             chart: &chart,
             values: &values,
             labels: &labels,
@@ -592,11 +663,11 @@ async fn finalize(
         .get(annotation::FORCE_REMOVE)
         .is_some_and(|v| v == "true");
     match host(vc, ctx).await? {
-        Ok((cluster, connection)) => {
-            let release_ns = release_namespace(vc);
+        Ok(host) => {
+            let release_ns = release_namespace(vc, &host);
             let uninstalled = ctx
                 .helm
-                .uninstall(&connection.kubeconfig, &name, &release_ns)
+                .uninstall(&host.connection.kubeconfig, &name, &release_ns)
                 .await;
             if let Err(e) = uninstalled
                 && !force
@@ -612,15 +683,30 @@ async fn finalize(
                     .await?;
                 return Ok(Action::requeue(Duration::from_secs(15)));
             }
-            let namespaces: Api<Namespace> = Api::all(connection.objects.client().clone());
-            match namespaces
-                .delete(&release_ns, &DeleteParams::default())
-                .await
-            {
-                Ok(_) => {}
+            // On a host Cluster the namespace is the vcluster's and goes
+            // with it; on the management cluster it is the VirtualCluster's
+            // own, so only what vcluster wrote outside the release goes.
+            let (removed, outcome) = if host.management {
+                let secrets: Api<Secret> =
+                    Api::namespaced(host.connection.objects.client().clone(), &release_ns);
+                let removed = secrets
+                    .delete(&format!("vc-{name}"), &DeleteParams::default())
+                    .await
+                    .map(|_| ());
+                (removed, format!("Secret vc-{name}"))
+            } else {
+                let namespaces: Api<Namespace> = Api::all(host.connection.objects.client().clone());
+                let removed = namespaces
+                    .delete(&release_ns, &DeleteParams::default())
+                    .await
+                    .map(|_| ());
+                (removed, format!("namespace {release_ns}"))
+            };
+            match removed {
+                Ok(()) => {}
                 Err(kube::Error::Api(status)) if status.code == 404 => {}
                 Err(e) if !force => {
-                    tracing::warn!(vcluster = %name, "deleting namespace {release_ns}: {e}");
+                    tracing::warn!(vcluster = %name, "deleting {outcome}: {e}");
                     return Ok(Action::requeue(Duration::from_secs(15)));
                 }
                 Err(_) => {}
@@ -631,10 +717,7 @@ async fn finalize(
                     EventType::Normal,
                     "Uninstalled",
                     "Delete",
-                    &format!(
-                        "uninstalled {name} and removed namespace {release_ns} on {}",
-                        cluster.name_any()
-                    ),
+                    &format!("uninstalled {name} and removed {outcome} on {}", host.name),
                 )
                 .await?;
         }
