@@ -204,10 +204,26 @@ async fn environments_come_sleep_wake_wait_their_turn_and_go() {
             let own_kubeconfig = target_kubeconfig(&client, &ns, "own", work.path()).await;
             target_client(&own_kubeconfig).await.apiserver_version().await.expect("the dedicated cluster answers");
 
-            for name in ["third", "own"] {
+            // A virtual environment on the management cluster, in a
+            // namespace that does not allow it: Failed, saying what to bind.
+            apply(
+                &client,
+                Some(&ns),
+                json!({
+                    "apiVersion": "fleetforge.dev/v1alpha1", "kind": "Environment",
+                    "metadata": {"name": "beside"},
+                    "spec": {"type": "virtual", "owner": "carol", "virtual": {"chart": {"repository": workspace_root().join("e2e/charts/vcluster").display().to_string(), "name": "vcluster", "version": "0.1.0"}}},
+                }),
+            )
+            .await;
+            let failed = await_phase(&envs, "beside", EnvironmentPhase::Failed, &controller).await;
+            let message = failed.status.unwrap().conditions.iter().find(|c| c.type_ == condition::READY).unwrap().message.clone();
+            assert!(message.contains("bind ClusterRole fleetforge-vcluster-host"), "{message}");
+
+            for name in ["third", "own", "beside"] {
                 envs.delete(name, &DeleteParams::default()).await.unwrap();
             }
-            for name in ["third", "own"] {
+            for name in ["third", "own", "beside"] {
                 let gone = await_condition(&envs, name, "the environment to go", WAIT, |e: Option<&Environment>| e.is_none()).await;
                 assert!(gone.is_ok(), "{gone:?}\n{}", controller.process.log_tail());
             }

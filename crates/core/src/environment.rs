@@ -8,6 +8,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleetforge_api::cluster::ClusterPhase;
 use fleetforge_api::environment::{EnvironmentPhase, EnvironmentType, Estimate};
 use fleetforge_api::virtual_cluster::VirtualClusterPhase;
 use fleetforge_api::{
@@ -363,11 +364,42 @@ fn child(env: &Environment, asleep: bool) -> Value {
     }
 }
 
-/// Where the environment's child stands: (ready, sleeping, message).
-async fn child_state(
-    env: &Environment,
-    client: &Client,
-) -> Result<Option<(bool, bool, String)>, kube::Error> {
+/// Where an environment's Cluster or VirtualCluster stands.
+struct Child {
+    ready: bool,
+    sleeping: bool,
+    /// It refused its spec (phase Failed): the environment fails with it.
+    failed: bool,
+    /// Its Ready condition's message (Synced's when it failed).
+    message: String,
+}
+
+impl Child {
+    fn from(
+        conditions_of: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+        ready: bool,
+        sleeping: bool,
+        failed: bool,
+        kind: &str,
+    ) -> Self {
+        let find = |type_: &str| conditions_of.iter().find(|c| c.type_ == type_);
+        let message = if failed {
+            find(condition::SYNCED)
+        } else {
+            find(condition::READY)
+        }
+        .map(|c| c.message.clone())
+        .unwrap_or_else(|| format!("waiting for the {kind}"));
+        Self {
+            ready,
+            sleeping,
+            failed,
+            message,
+        }
+    }
+}
+
+async fn child_state(env: &Environment, client: &Client) -> Result<Option<Child>, kube::Error> {
     let namespace = env.namespace().unwrap_or_default();
     let name = env.name_any();
     Ok(match env.spec.kind {
@@ -376,18 +408,13 @@ async fn child_state(
             .await?
             .map(|vc| {
                 let status = vc.status.unwrap_or_default();
-                let ready = conditions::is_true(&status.conditions, condition::READY)
-                    && status.observed_generation == vc.metadata.generation;
-                let message = status
-                    .conditions
-                    .iter()
-                    .find(|c| c.type_ == condition::READY)
-                    .map(|c| c.message.clone())
-                    .unwrap_or_else(|| "waiting for the VirtualCluster".into());
-                (
-                    ready,
+                let current = status.observed_generation == vc.metadata.generation;
+                Child::from(
+                    &status.conditions,
+                    conditions::is_true(&status.conditions, condition::READY) && current,
                     status.phase == Some(VirtualClusterPhase::Sleeping),
-                    message,
+                    status.phase == Some(VirtualClusterPhase::Failed) && current,
+                    "VirtualCluster",
                 )
             }),
         EnvironmentType::Dedicated => Api::<Cluster>::namespaced(client.clone(), &namespace)
@@ -395,14 +422,13 @@ async fn child_state(
             .await?
             .map(|cluster| {
                 let status = cluster.status.unwrap_or_default();
-                let ready = conditions::is_true(&status.conditions, condition::READY);
-                let message = status
-                    .conditions
-                    .iter()
-                    .find(|c| c.type_ == condition::READY)
-                    .map(|c| c.message.clone())
-                    .unwrap_or_else(|| "waiting for the Cluster".into());
-                (ready, false, message)
+                Child::from(
+                    &status.conditions,
+                    conditions::is_true(&status.conditions, condition::READY),
+                    false,
+                    status.phase == Some(ClusterPhase::Failed),
+                    "Cluster",
+                )
             }),
     })
 }
@@ -426,10 +452,19 @@ async fn tools_pending(env: &Environment, client: &Client) -> Result<Option<Stri
     let found = Api::<ToolInstall>::namespaced(client.clone(), &namespace)
         .get_opt(&install)
         .await?;
-    let ready = found
-        .and_then(|ti| ti.status)
-        .is_some_and(|s| conditions::is_true(&s.conditions, condition::READY));
-    Ok((!ready).then(|| format!("installing the {profile} profile (ToolInstall {install})")))
+    let status = found.and_then(|ti| ti.status).unwrap_or_default();
+    if conditions::is_true(&status.conditions, condition::READY) {
+        return Ok(None);
+    }
+    let detail = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition::READY && !c.message.is_empty())
+        .map(|c| format!(": {}", c.message))
+        .unwrap_or_default();
+    Ok(Some(format!(
+        "installing the {profile} profile (ToolInstall {install}){detail}"
+    )))
 }
 
 /// Whether the owner already has `max` older environments in the namespace.
@@ -588,25 +623,27 @@ async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, k
         }
     }
     let status = match child_state(&env, &ctx.client).await? {
-        Some((_, true, _)) if idle && !env.spec.sleep => Status::sleeping(format!(
+        Some(child) if child.failed => Status::failed("ChildFailed", child.message),
+        Some(child) if child.sleeping && idle && !env.spec.sleep => Status::sleeping(format!(
             "asleep (scaled to zero) after {} idle, last activity at {activity}; `fleetforge env wake {name}` wakes it",
             env.spec.sleep_after.as_deref().unwrap_or_default()
         )),
-        Some((_, true, _)) => Status::sleeping(format!(
+        Some(child) if child.sleeping => Status::sleeping(format!(
             "asleep (scaled to zero); set spec.sleep to false (`fleetforge env wake {name}`) to wake it"
         )),
-        Some((true, false, _)) if asleep => Status::provisioning("going to sleep".into()),
-        Some((true, false, message)) => match tools_pending(&env, &ctx.client).await? {
+        Some(child) if child.ready && asleep => Status::provisioning("going to sleep".into()),
+        Some(child) if child.ready => match tools_pending(&env, &ctx.client).await? {
             Some(waiting) => Status::provisioning(waiting),
-            None => Status::ready(message),
+            None => Status::ready(child.message),
         },
-        Some((false, _, message)) => Status::provisioning(message),
+        Some(child) => Status::provisioning(child.message),
         None => Status::provisioning("creating".into()),
     };
     let settled = matches!(
         status.phase,
         EnvironmentPhase::Ready | EnvironmentPhase::Sleeping
     );
+    let status_phase_failed = status.phase == EnvironmentPhase::Failed;
     if settled && env.status.as_ref().and_then(|s| s.phase) != Some(status.phase) {
         ctx.recorder
             .publish(
@@ -631,7 +668,8 @@ async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, k
         status.last_activity = Some(activity);
     }
     write_status(&env, &api, status, Some(expires), estimate).await?;
-    let mut next = if settled {
+    // A failed child reports its own changes (it is watched).
+    let mut next = if settled || status_phase_failed {
         Duration::from_secs(60)
     } else {
         Duration::from_secs(3)
