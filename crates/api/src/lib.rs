@@ -58,6 +58,9 @@ pub mod label {
     pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
     /// The owning object's name.
     pub const INSTANCE: &str = "app.kubernetes.io/instance";
+    /// On a profile's ToolInstall: the Cluster or VirtualCluster (in the
+    /// same namespace) whose `spec.profile` made it.
+    pub const PROFILE_OF: &str = "fleetforge.dev/profile-of";
 }
 
 /// Every CustomResourceDefinition of the API, in a stable order.

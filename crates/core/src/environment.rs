@@ -90,9 +90,25 @@ pub async fn run(
         }
     };
     let (virtual_clusters, clusters) = scoped_children(&options.namespace);
+    // A new environment is Ready when its profile is: the child's profile
+    // ToolInstall (labelled with the child's name, which is the
+    // environment's) wakes it.
+    let profiles: Api<ToolInstall> = match &options.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let profile_of = |install: ToolInstall| {
+        let name = install.labels().get(label::PROFILE_OF)?.clone();
+        Some(reflector::ObjectRef::<Environment>::new(&name).within(&install.namespace()?))
+    };
     Controller::for_stream(events, store)
         .owns(virtual_clusters, watcher::Config::default())
         .owns(clusters, watcher::Config::default())
+        .watches(
+            profiles,
+            watcher::Config::default().labels(label::PROFILE_OF),
+            profile_of,
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|_| futures::future::ready(()))

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 const FIELD_MANAGER: &str = "fleetforge-profile";
 
 /// Label on a profile ToolInstall naming its Cluster.
-pub const PROFILE_OF: &str = "fleetforge.dev/profile-of";
+pub use fleetforge_api::label::PROFILE_OF;
 
 /// The name of the ToolInstall a profile creates for its owner.
 pub fn install_name(cluster: &str) -> String {
