@@ -4,7 +4,6 @@
 //! to sleep and woken, and a per-owner maximum holds requests back.
 
 use std::collections::BTreeMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::{reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
@@ -68,13 +67,7 @@ pub async fn run(
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
     };
-    let (store, writer) = reflector::store::<Environment>();
-    let events = watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(|env: &mut Environment| env.managed_fields_mut().clear())
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(trigger_hash, Default::default());
+    let (store, events) = crate::watch::changes(api);
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), "fleetforge-environments"),
         client: client.clone(),
@@ -113,15 +106,6 @@ pub async fn run(
         .run(reconcile, error_policy, context)
         .for_each(|_| futures::future::ready(()))
         .await;
-}
-
-fn trigger_hash(env: &Environment) -> Option<u64> {
-    let mut hasher = DefaultHasher::new();
-    env.metadata.generation.hash(&mut hasher);
-    env.metadata.annotations.hash(&mut hasher);
-    env.metadata.finalizers.hash(&mut hasher);
-    env.metadata.deletion_timestamp.is_some().hash(&mut hasher);
-    Some(hasher.finish())
 }
 
 fn error_policy(env: Arc<Environment>, error: &kube::Error, _: Arc<Context>) -> Action {
@@ -823,6 +807,28 @@ async fn write_status(
     Ok(())
 }
 
+/// Deletes the environment `name`'s child of kind K, if it is there and
+/// carries the environment's label; true while it is still there.
+async fn remove_child<K>(client: &Client, namespace: &str, name: &str) -> Result<bool, kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let children: Api<K> = Api::namespaced(client.clone(), namespace);
+    let Some(child) = children.get_opt(name).await? else {
+        return Ok(false);
+    };
+    if child.labels().get(ENVIRONMENT_LABEL).map(String::as_str) != Some(name) {
+        return Ok(false);
+    }
+    if child.meta().deletion_timestamp.is_none() {
+        children.delete(name, &DeleteParams::default()).await?;
+    }
+    Ok(true)
+}
+
 /// Deletion: delete the child and wait until it is gone (its own finalizer
 /// removes the cluster or the vcluster release), then drop ours.
 async fn finalize(
@@ -835,31 +841,12 @@ async fn finalize(
     }
     let namespace = env.namespace().unwrap_or_default();
     let name = env.name_any();
-    let owned = |labels: &BTreeMap<String, String>| labels.get(ENVIRONMENT_LABEL) == Some(&name);
     let remaining = match env.spec.kind {
         EnvironmentType::Virtual => {
-            let children: Api<VirtualCluster> = Api::namespaced(ctx.client.clone(), &namespace);
-            match children.get_opt(&name).await? {
-                Some(child) if owned(child.labels()) => {
-                    if child.metadata.deletion_timestamp.is_none() {
-                        children.delete(&name, &DeleteParams::default()).await?;
-                    }
-                    true
-                }
-                _ => false,
-            }
+            remove_child::<VirtualCluster>(&ctx.client, &namespace, &name).await?
         }
         EnvironmentType::Dedicated => {
-            let children: Api<Cluster> = Api::namespaced(ctx.client.clone(), &namespace);
-            match children.get_opt(&name).await? {
-                Some(child) if owned(child.labels()) => {
-                    if child.metadata.deletion_timestamp.is_none() {
-                        children.delete(&name, &DeleteParams::default()).await?;
-                    }
-                    true
-                }
-                _ => false,
-            }
+            remove_child::<Cluster>(&ctx.client, &namespace, &name).await?
         }
     };
     if remaining {

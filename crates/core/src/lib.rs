@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod provider;
 pub mod ratelimit;
 pub mod toolset;
+pub mod watch;
 
 pub use error::Error;
 pub use managed::{Engine, Managed, Options, Providers, run};

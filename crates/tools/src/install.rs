@@ -25,7 +25,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::SelectorExt;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
@@ -115,14 +115,8 @@ pub async fn run(
     });
 
     let installs: Api<ToolInstall> = scoped(&client, options.namespace.as_deref());
-    let (store, writer) = reflector::store::<ToolInstall>();
     // Our own status writes do not trigger a pass: the poll re-reads.
-    let install_events = watcher(installs, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(|ti: &mut ToolInstall| ti.managed_fields_mut().clear())
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(trigger_hash, Default::default());
+    let (store, install_events) = fleetforge_core::watch::changes(installs);
     // A Cluster matters when its labels, readiness, endpoint or existence
     // change, not on every status refresh.
     let cluster_events = watcher(
@@ -204,15 +198,6 @@ where
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
     }
-}
-
-fn trigger_hash(ti: &ToolInstall) -> Option<u64> {
-    let mut hasher = DefaultHasher::new();
-    ti.metadata.generation.hash(&mut hasher);
-    ti.metadata.annotations.hash(&mut hasher);
-    ti.metadata.finalizers.hash(&mut hasher);
-    ti.metadata.deletion_timestamp.is_some().hash(&mut hasher);
-    Some(hasher.finish())
 }
 
 fn cluster_hash(cluster: &Cluster) -> Option<u64> {

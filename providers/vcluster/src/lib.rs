@@ -26,7 +26,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
@@ -89,31 +88,13 @@ pub async fn run(
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
     };
-    let (store, writer) = reflector::store::<VirtualCluster>();
-    let events = watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(|vc: &mut VirtualCluster| vc.managed_fields_mut().clear())
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(trigger_hash, Default::default());
+    let (store, events) = fleetforge_core::watch::changes(api);
     Controller::for_stream(events, store)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|_| futures::future::ready(()))
         .await;
     Ok(())
-}
-
-/// Spec, annotation, finalizer and deletion changes trigger a pass; our
-/// own status writes do not.
-fn trigger_hash(vc: &VirtualCluster) -> Option<u64> {
-    use std::hash::{DefaultHasher, Hash, Hasher};
-    let mut hasher = DefaultHasher::new();
-    vc.metadata.generation.hash(&mut hasher);
-    vc.metadata.annotations.hash(&mut hasher);
-    vc.metadata.finalizers.hash(&mut hasher);
-    vc.metadata.deletion_timestamp.is_some().hash(&mut hasher);
-    Some(hasher.finish())
 }
 
 fn error_policy(vc: Arc<VirtualCluster>, error: &Error, _: Arc<Context>) -> Action {

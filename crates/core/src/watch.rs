@@ -1,0 +1,71 @@
+//! The watch a fleetforge controller's own kind starts from: every change a
+//! person or another controller makes to the spec or the metadata triggers
+//! a pass, while the controller's own status writes do not (its poll
+//! re-observes); managed fields are dropped from the cache.
+
+use std::fmt::Debug;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use futures::Stream;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+/// What in an object triggers a pass: its generation (the spec), its
+/// annotations and finalizers, and whether it is being deleted.
+pub fn change_hash<K: Resource>(obj: &K) -> Option<u64> {
+    let meta = obj.meta();
+    let mut hasher = DefaultHasher::new();
+    meta.generation.hash(&mut hasher);
+    meta.annotations.hash(&mut hasher);
+    meta.finalizers.hash(&mut hasher);
+    meta.deletion_timestamp.is_some().hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// A cache of the objects `api` sees, and the stream of those that changed
+/// by [`change_hash`], for `Controller::for_stream`.
+pub fn changes<K>(
+    api: Api<K>,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store::<K>();
+    let events = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|obj: &mut K| obj.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(change_hash::<K>, Default::default());
+    (store, events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetforge_api::Environment;
+
+    #[test]
+    fn status_changes_do_not_count_spec_and_metadata_changes_do() {
+        let mut env: Environment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a", "generation": 1},
+            "spec": {"type": "virtual", "owner": "alice"},
+        }))
+        .unwrap();
+        let before = change_hash(&env);
+        env.status = Some(Default::default());
+        assert_eq!(change_hash(&env), before);
+        env.metadata.generation = Some(2);
+        let after_spec = change_hash(&env);
+        assert_ne!(after_spec, before);
+        env.metadata.annotations = Some([("k".to_string(), "v".to_string())].into());
+        assert_ne!(change_hash(&env), after_spec);
+    }
+}
