@@ -24,15 +24,15 @@
 //! ```
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use fleetforge_api::environment::EnvironmentPhase;
 use fleetforge_api::{Cluster, Environment, condition};
+use fleetforge_bench::{chart_dir, helm, start_controller};
 use fleetforge_e2e::vcluster::SyncerStandIn;
-use fleetforge_testenv::{ControlPlane, OwnedProcess, free_port, pids_mentioning, tools};
+use fleetforge_testenv::{ControlPlane, OwnedProcess, free_port, pids_mentioning};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -49,10 +49,6 @@ struct Args {
 }
 
 const NAMESPACE: &str = "bench";
-
-fn chart_dir(chart: &str) -> PathBuf {
-    tools::workspace_root().join("e2e/charts").join(chart)
-}
 
 /// Server-side applies `object` of kind K, in `namespace` (None for
 /// cluster-scoped kinds).
@@ -76,24 +72,6 @@ where
     )
     .await
     .with_context(|| format!("applying {name}"))?;
-    Ok(())
-}
-
-fn helm(kubeconfig: &Path, home: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new(tools::binary("helm")?)
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .output()?;
-    if !output.status.success() {
-        bail!(
-            "helm {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
     Ok(())
 }
 
@@ -168,30 +146,8 @@ async fn main() -> anyhow::Result<()> {
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}),
     )
     .await?;
-    let fleetforge = match &args.fleetforge {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?.with_file_name("fleetforge"),
-    };
     let port = free_port()?;
-    let controller = OwnedProcess::spawn_with_env(
-        "fleetforge",
-        &fleetforge,
-        &[
-            "controller".into(),
-            "--leader-elect=false".into(),
-            format!("--metrics-addr=127.0.0.1:{port}"),
-            format!("--tools-bin={}", tools::bin_dir().display()),
-            format!(
-                "--local-work-dir={}",
-                work.path().join("clusters").display()
-            ),
-        ],
-        &[
-            ("KUBECONFIG", &plane.kubeconfig_path().display().to_string()),
-            ("RUST_LOG", "info"),
-        ],
-        &work.path().join("controller.log"),
-    )?;
+    let controller = start_controller(&plane, args.fleetforge.as_deref(), port, work.path())?;
 
     // The host: one real local cluster, with the syncer stand-in on it.
     apply::<fleetforge_api::ProviderConfig>(

@@ -15,14 +15,14 @@
 //! target/release/fleetforge-bench-tools --clusters 20 --max-concurrency 10
 //! ```
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
 use fleetforge_api::{Cluster, ToolInstall, condition};
-use fleetforge_testenv::{ControlPlane, OwnedProcess, free_port, pids_mentioning, tools};
+use fleetforge_bench::{chart_dir, helm, start_controller};
+use fleetforge_testenv::{ControlPlane, free_port, pids_mentioning};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -49,10 +49,6 @@ struct Args {
 
 const NAMESPACE: &str = "bench";
 const CHARTS: [&str; 3] = ["widgets", "web", "cache"];
-
-fn chart_dir(chart: &str) -> PathBuf {
-    tools::workspace_root().join("e2e/charts").join(chart)
-}
 
 fn release_namespace(chart: &str) -> &'static str {
     match chart {
@@ -99,24 +95,6 @@ fn metric(port: u16, name: &str) -> anyhow::Result<f64> {
         .sum())
 }
 
-fn helm(kubeconfig: &Path, home: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new(tools::binary("helm")?)
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .output()?;
-    if !output.status.success() {
-        bail!(
-            "helm {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -135,30 +113,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
 
-    let fleetforge = match &args.fleetforge {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?.with_file_name("fleetforge"),
-    };
     let port = free_port()?;
-    let controller = OwnedProcess::spawn_with_env(
-        "fleetforge",
-        &fleetforge,
-        &[
-            "controller".into(),
-            "--leader-elect=false".into(),
-            format!("--metrics-addr=127.0.0.1:{port}"),
-            format!("--tools-bin={}", tools::bin_dir().display()),
-            format!(
-                "--local-work-dir={}",
-                work.path().join("clusters").display()
-            ),
-        ],
-        &[
-            ("KUBECONFIG", &plane.kubeconfig_path().display().to_string()),
-            ("RUST_LOG", "info"),
-        ],
-        &work.path().join("controller.log"),
-    )?;
+    let controller = start_controller(&plane, args.fleetforge.as_deref(), port, work.path())?;
 
     let provider = kube::api::ApiResource::erase::<fleetforge_api::ProviderConfig>(&());
     apply(

@@ -1,0 +1,65 @@
+//! What the local benchmarks share: the built controller started against a
+//! benchmark's own control plane, and the `helm` CLI of the baselines.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::bail;
+use fleetforge_testenv::{ControlPlane, OwnedProcess, tools};
+
+/// Starts `fleetforge controller` (the binary next to the running one
+/// unless `binary` names another) against `plane`, without leader
+/// election, its metrics on 127.0.0.1:`port`, local clusters and its log
+/// under `work`.
+pub fn start_controller(
+    plane: &ControlPlane,
+    binary: Option<&Path>,
+    port: u16,
+    work: &Path,
+) -> anyhow::Result<OwnedProcess> {
+    let fleetforge = match binary {
+        Some(path) => path.to_path_buf(),
+        None => std::env::current_exe()?.with_file_name("fleetforge"),
+    };
+    Ok(OwnedProcess::spawn_with_env(
+        "fleetforge",
+        &fleetforge,
+        &[
+            "controller".into(),
+            "--leader-elect=false".into(),
+            format!("--metrics-addr=127.0.0.1:{port}"),
+            format!("--tools-bin={}", tools::bin_dir().display()),
+            format!("--local-work-dir={}", work.join("clusters").display()),
+        ],
+        &[
+            ("KUBECONFIG", &plane.kubeconfig_path().display().to_string()),
+            ("RUST_LOG", "info"),
+        ],
+        &work.join("controller.log"),
+    )?)
+}
+
+/// Runs the pinned `helm` against `kubeconfig` with its own configuration
+/// and cache under `home`.
+pub fn helm(kubeconfig: &Path, home: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new(tools::binary("helm")?)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "helm {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// A chart of the project's own (`e2e/charts/<name>`).
+pub fn chart_dir(name: &str) -> PathBuf {
+    tools::workspace_root().join("e2e/charts").join(name)
+}
