@@ -30,6 +30,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::helm::{self, Helm, HelmError, OWNER_LABEL, Release, ReleaseRequest};
+use crate::live::Seen;
 use crate::metrics::ToolMetrics;
 use crate::target::{Connection, Connections};
 use crate::values::{self, TargetFacts};
@@ -1054,6 +1055,7 @@ impl<'a> Pass<'a> {
 
         let observed = observe(release, &desired, &tool.chart);
         let mut drift = Vec::new();
+        let mut seen = Seen::default();
         let needs_change = match &observed {
             Observed::AsDeclared => {
                 let release = release.expect("a release is installed");
@@ -1066,7 +1068,7 @@ impl<'a> Pass<'a> {
                     .drift(&release.manifest, &namespace)
                     .await
                 {
-                    Ok(found) => drift = found,
+                    Ok((found, read)) => (drift, seen) = (found, read),
                     Err(e) => {
                         return ToolOutcome::new(status(
                             ToolState::Unknown,
@@ -1103,7 +1105,7 @@ impl<'a> Pass<'a> {
                 return outcome;
             }
             return self
-                .health(target, tool, &namespace, connection, status)
+                .health(target, tool, &namespace, connection, &seen, status)
                 .await;
         }
 
@@ -1191,13 +1193,21 @@ impl<'a> Pass<'a> {
                     (_, false) => "DriftCorrected",
                     _ => "Upgraded",
                 };
+                // What was read before the change is stale now.
                 let mut outcome = self
-                    .health(target, tool, &namespace, connection, |state, message| {
-                        let mut s = tool_status(before, &tool.name, state, message);
-                        s.chart_version = declared_version(&tool.chart);
-                        s.revision = Some(release.map_or(1, |r| r.revision + 1));
-                        s
-                    })
+                    .health(
+                        target,
+                        tool,
+                        &namespace,
+                        connection,
+                        &Seen::default(),
+                        |state, message| {
+                            let mut s = tool_status(before, &tool.name, state, message);
+                            s.chart_version = declared_version(&tool.chart);
+                            s.revision = Some(release.map_or(1, |r| r.revision + 1));
+                            s
+                        },
+                    )
                     .await;
                 outcome
                     .events
@@ -1242,20 +1252,24 @@ impl<'a> Pass<'a> {
         tool: &Tool,
         namespace: &str,
         connection: &Connection,
+        seen: &Seen,
         status: impl Fn(ToolState, Option<String>) -> ToolStatus,
     ) -> ToolOutcome {
         if tool.health.is_empty() {
             return ToolOutcome::new(status(ToolState::Deployed, None));
         }
-        self.ctx
-            .metrics
-            .target_reads
-            .inc_by(u64::try_from(tool.health.len()).unwrap_or(0));
-        match connection.objects.unhealthy(&tool.health, namespace).await {
-            Ok(reasons) if reasons.is_empty() => {
+        let checked = connection
+            .objects
+            .unhealthy(&tool.health, namespace, seen)
+            .await;
+        if let Ok((_, reads)) = &checked {
+            self.ctx.metrics.target_reads.inc_by(*reads);
+        }
+        match checked {
+            Ok((reasons, _)) if reasons.is_empty() => {
                 ToolOutcome::new(status(ToolState::Deployed, None))
             }
-            Ok(reasons) => ToolOutcome::new(status(
+            Ok((reasons, _)) => ToolOutcome::new(status(
                 ToolState::Pending,
                 Some(format!("installed; waiting for {}", reasons.join("; "))),
             )),

@@ -56,21 +56,25 @@ impl Objects {
 
     /// The differences between a release's manifest and what runs: objects
     /// deleted, and fields the chart sets that hold another value. One read
-    /// per object.
-    pub async fn drift(&self, manifest: &str, namespace: &str) -> Result<Vec<String>, kube::Error> {
+    /// per object; what was read is kept for the health checks.
+    pub async fn drift(
+        &self,
+        manifest: &str,
+        namespace: &str,
+    ) -> Result<(Vec<String>, Seen), kube::Error> {
         let mut found = Vec::new();
+        let mut seen = Seen::default();
         for object in manifest_objects(manifest) {
             let Some((gvk, name, object_namespace)) = identity(&object) else {
                 continue;
             };
             let (resource, capabilities) = self.resource(&gvk).await?;
-            let api: Api<DynamicObject> = match capabilities.scope {
-                Scope::Cluster => Api::all_with(self.client.clone(), &resource),
-                Scope::Namespaced => Api::namespaced_with(
-                    self.client.clone(),
-                    object_namespace.as_deref().unwrap_or(namespace),
-                    &resource,
-                ),
+            let (api, key_namespace): (Api<DynamicObject>, &str) = match capabilities.scope {
+                Scope::Cluster => (Api::all_with(self.client.clone(), &resource), ""),
+                Scope::Namespaced => {
+                    let ns = object_namespace.as_deref().unwrap_or(namespace);
+                    (Api::namespaced_with(self.client.clone(), ns, &resource), ns)
+                }
             };
             let label = format!("{}/{name}", gvk.kind);
             match api.get_opt(&name).await? {
@@ -80,39 +84,62 @@ impl Objects {
                     for difference in differences(&object, &live) {
                         found.push(format!("{label} {difference}"));
                     }
+                    seen.0.insert(
+                        (gvk.kind.clone(), key_namespace.to_string(), name.clone()),
+                        live,
+                    );
                 }
             }
         }
-        Ok(found)
+        Ok((found, seen))
     }
 
-    /// Why the tool is not healthy yet, one reason per failing check; empty
-    /// when every check passes.
+    /// Why the tool is not healthy yet, one reason per failing check (empty
+    /// when every check passes), and how many objects had to be read: an
+    /// object the drift check has just read is not read again.
     pub async fn unhealthy(
         &self,
         checks: &[HealthCheck],
         namespace: &str,
-    ) -> Result<Vec<String>, kube::Error> {
+        seen: &Seen,
+    ) -> Result<(Vec<String>, u64), kube::Error> {
         let mut reasons = Vec::new();
+        let mut reads = 0;
         for check in checks {
-            let ns = check.namespace.as_deref().unwrap_or(namespace);
+            let ns = match check.kind {
+                HealthCheckKind::CustomResourceDefinition => "",
+                _ => check.namespace.as_deref().unwrap_or(namespace),
+            };
             let name = check.name.as_str();
+            let kind = match check.kind {
+                HealthCheckKind::Deployment => "Deployment",
+                HealthCheckKind::StatefulSet => "StatefulSet",
+                HealthCheckKind::DaemonSet => "DaemonSet",
+                HealthCheckKind::CustomResourceDefinition => "CustomResourceDefinition",
+            };
+            let known = seen.get(kind, ns, name);
+            if known.is_none() {
+                reads += 1;
+            }
             let verdict = match check.kind {
-                HealthCheckKind::Deployment => get::<Deployment>(&self.client, ns, name)
+                HealthCheckKind::Deployment => read::<Deployment>(&self.client, ns, name, known)
                     .await?
                     .map(|d| deployment_ready(&d)),
-                HealthCheckKind::StatefulSet => get::<StatefulSet>(&self.client, ns, name)
+                HealthCheckKind::StatefulSet => read::<StatefulSet>(&self.client, ns, name, known)
                     .await?
                     .map(|s| stateful_set_ready(&s)),
-                HealthCheckKind::DaemonSet => get::<DaemonSet>(&self.client, ns, name)
+                HealthCheckKind::DaemonSet => read::<DaemonSet>(&self.client, ns, name, known)
                     .await?
                     .map(|d| daemon_set_ready(&d)),
-                HealthCheckKind::CustomResourceDefinition => {
-                    Api::<CustomResourceDefinition>::all(self.client.clone())
-                        .get_opt(name)
-                        .await?
-                        .map(|c| crd_established(&c))
+                HealthCheckKind::CustomResourceDefinition => match known {
+                    Some(value) => serde_json::from_value(value.clone()).ok(),
+                    None => {
+                        Api::<CustomResourceDefinition>::all(self.client.clone())
+                            .get_opt(name)
+                            .await?
+                    }
                 }
+                .map(|c| crd_established(&c)),
             };
             match verdict {
                 None => reasons.push(format!("{:?} {name} does not exist", check.kind)),
@@ -120,8 +147,42 @@ impl Objects {
                 Some(Ok(())) => {}
             }
         }
-        Ok(reasons)
+        Ok((reasons, reads))
     }
+}
+
+/// Objects read from a target in this pass, by kind, namespace (empty for
+/// cluster-scoped kinds) and name.
+#[derive(Debug, Default)]
+pub struct Seen(HashMap<(String, String, String), Value>);
+
+impl Seen {
+    fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<&Value> {
+        self.0
+            .get(&(kind.to_string(), namespace.to_string(), name.to_string()))
+    }
+}
+
+/// The object as already read, else as read now.
+async fn read<K>(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    known: Option<&Value>,
+) -> Result<Option<K>, kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    if let Some(value) = known
+        && let Ok(object) = serde_json::from_value(value.clone())
+    {
+        return Ok(Some(object));
+    }
+    get::<K>(client, namespace, name).await
 }
 
 async fn get<K>(client: &Client, namespace: &str, name: &str) -> Result<Option<K>, kube::Error>
