@@ -16,9 +16,12 @@ use fleetforge_e2e::local::{
     release_names, start, target_client, target_kubeconfig,
 };
 use fleetforge_e2e::vcluster::SyncerStandIn;
-use fleetforge_e2e::{Controller, await_event, install, workspace_root};
+use fleetforge_e2e::{
+    Controller, admin_kubeconfig, await_event, fleetforge_bin, install, workspace_root,
+};
 use fleetforge_testenv::{await_condition, shared};
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
@@ -35,6 +38,32 @@ fn environment(name: &str, owner: &str, ttl: &str) -> Value {
             },
         },
     })
+}
+
+/// The spec `environment` declares.
+fn environment_spec(
+    name: &str,
+    owner: &str,
+    ttl: &str,
+) -> fleetforge_api::environment::EnvironmentSpec {
+    serde_json::from_value(environment(name, owner, ttl)["spec"].clone()).unwrap()
+}
+
+/// `fleetforge env <args> -n <ns>` as the admin, its stdout; panics with
+/// its stderr when it fails. Asynchronous, so the syncer stand-in keeps
+/// running meanwhile.
+async fn cli(ns: &str, args: &[&str]) -> String {
+    let output = tokio::process::Command::new(fleetforge_bin())
+        .arg("env")
+        .args(args)
+        .args(["-n", ns])
+        .env("KUBECONFIG", admin_kubeconfig())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "fleetforge env {args:?}: {stderr}");
+    String::from_utf8(output.stdout).unwrap()
 }
 
 async fn await_phase(
@@ -119,10 +148,11 @@ async fn environments_come_sleep_wake_wait_their_turn_and_go() {
             assert_eq!(states, [("widgets".to_string(), ToolState::Shared), ("cache".to_string(), ToolState::Deployed)]);
             assert_eq!(release_names(&kubeconfig), ["cache"]);
 
-            // Sleep: the vcluster is scaled to zero and its API stops; wake:
-            // it answers again.
-            envs.patch("mine", &PatchParams::default(), &Patch::Merge(json!({"spec": {"sleep": true}}))).await.unwrap();
-            await_phase(&envs, "mine", EnvironmentPhase::Sleeping, &controller).await;
+            // Sleep (through the CLI): the vcluster is scaled to zero and its
+            // API stops; wake: it answers again.
+            let slept = cli(&ns, &["sleep", "mine"]).await;
+            assert_eq!(slept, "mine is asleep; `fleetforge env wake mine` wakes it\n");
+            assert_eq!(envs.get("mine").await.unwrap().status.unwrap().phase, Some(EnvironmentPhase::Sleeping));
             let stopped = async {
                 for _ in 0..60 {
                     if inside.apiserver_version().await.is_err() {
@@ -133,8 +163,8 @@ async fn environments_come_sleep_wake_wait_their_turn_and_go() {
                 false
             };
             assert!(stopped.await, "a sleeping environment's API should stop");
-            envs.patch("mine", &PatchParams::default(), &Patch::Merge(json!({"spec": {"sleep": false}}))).await.unwrap();
-            await_phase(&envs, "mine", EnvironmentPhase::Ready, &controller).await;
+            assert_eq!(cli(&ns, &["wake", "mine"]).await, "mine is awake\n");
+            assert!(envs.get("mine").await.unwrap().annotations().contains_key(WOKEN_AT));
             target_client(&kubeconfig).await.apiserver_version().await.expect("woken, the API answers again");
 
             // sleepAfter: idle that long (no workload change inside since
@@ -156,10 +186,13 @@ async fn environments_come_sleep_wake_wait_their_turn_and_go() {
 
             // The per-owner maximum (2 here): alice's third request waits.
             apply(&client, Some(&ns), environment("second", "alice", "1h")).await;
-            apply(&client, Some(&ns), environment("third", "alice", "1h")).await;
+            // The third through the CLI: it says the request waits its turn.
+            let chart = workspace_root().join("e2e/charts/vcluster").display().to_string();
+            let queued = cli(&ns, &["request", "third", "--owner", "alice", "--ttl", "1h", "--profile", "env-tools", "--host", "env-host",
+                                    "--chart", &chart, "--chart-version", "0.1.0", "--shared-tools", "widgets", "--queue"]).await;
+            assert!(queued.starts_with("third waits its turn: owner alice already has 2 environments, the per-owner maximum is 2"), "{queued}");
             let held = await_phase(&envs, "third", EnvironmentPhase::Pending, &controller).await;
-            let message = held.status.unwrap().conditions.iter().find(|c| c.type_ == condition::READY).unwrap().message.clone();
-            assert!(message.starts_with("owner alice already has 2 environments, the per-owner maximum is 2"), "{message}");
+            assert_eq!(held.spec, environment_spec("third", "alice", "1h"));
             let virtual_clusters: Api<VirtualCluster> = Api::namespaced(client.clone(), &ns);
             assert!(virtual_clusters.get_opt("third").await.unwrap().is_none(), "nothing is provisioned for a held request");
 

@@ -94,6 +94,13 @@ pub struct RequestArgs {
     /// Host tools a virtual environment shares instead of installing its own.
     #[arg(long, value_delimiter = ',')]
     pub shared_tools: Vec<String>,
+    /// The vcluster chart of a virtual environment: a repository URL, an
+    /// `oci://` registry or a path (default: the pinned upstream chart).
+    #[arg(long, requires = "chart_version")]
+    pub chart: Option<String>,
+    /// The version of `--chart`.
+    #[arg(long, requires = "chart")]
+    pub chart_version: Option<String>,
     /// The ProviderConfig of a dedicated environment.
     #[arg(long)]
     pub provider_config: Option<String>,
@@ -232,6 +239,10 @@ pub fn manifest(args: &RequestArgs, owner: &str, target: &str) -> Value {
         spec["type"] = json!("virtual");
         spec["virtual"] =
             json!({"host": {"clusterRef": {"name": target}}, "sharedTools": args.shared_tools});
+        if let (Some(repository), Some(version)) = (&args.chart, &args.chart_version) {
+            spec["virtual"]["chart"] =
+                json!({"repository": repository, "name": "vcluster", "version": version});
+        }
         if let Some(after) = &args.sleep_after {
             spec["sleepAfter"] = json!(after);
         }
@@ -260,6 +271,9 @@ async fn request(client: &Client, namespace: &str, args: RequestArgs) -> anyhow:
         .map_err(|e| anyhow::anyhow!("--ttl: {}", e.trim_start_matches("spec.ttl: ")))?;
     if args.dedicated && args.sleep_after.is_some() {
         bail!("--sleep-after: only virtual environments sleep");
+    }
+    if args.dedicated && args.chart.is_some() {
+        bail!("--chart: only virtual environments run the vcluster chart");
     }
     if let Some(profile) = &args.profile {
         let toolsets: Api<ToolSet> = Api::all(client.clone());
@@ -500,6 +514,10 @@ mod tests {
     fn a_virtual_request_names_its_host_and_shared_tools() {
         let args = parse(&[
             "mine",
+            "--chart",
+            "oci://ghcr.io/loft-sh/charts",
+            "--chart-version",
+            "0.36.0",
             "--profile",
             "dev",
             "--ttl",
@@ -517,6 +535,15 @@ mod tests {
         let settings = env.spec.r#virtual.unwrap();
         assert_eq!(settings.host.cluster_ref.unwrap().name, "hosts");
         assert_eq!(settings.shared_tools, ["cert-manager", "contour"]);
+        let chart = settings.chart.unwrap();
+        assert_eq!(
+            (
+                chart.repository.as_str(),
+                chart.name.as_str(),
+                chart.version.as_str()
+            ),
+            ("oci://ghcr.io/loft-sh/charts", "vcluster", "0.36.0")
+        );
         assert!(env.spec.dedicated.is_none());
     }
 
