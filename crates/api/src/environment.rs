@@ -24,7 +24,10 @@ use crate::virtual_cluster::{VirtualClusterChart, VirtualClusterHost};
     printcolumn(name = "TYPE", type_ = "string", json_path = ".spec.type"),
     printcolumn(name = "OWNER", type_ = "string", json_path = ".spec.owner"),
     printcolumn(name = "PHASE", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "EXPIRES", type_ = "date", json_path = ".status.expiresAt"),
+    printcolumn(name = "TTL", type_ = "string", json_path = ".spec.ttl"),
+    // A string, not a date: kubectl prints a date as an age, and a time to
+    // come as `<invalid>`.
+    printcolumn(name = "EXPIRES", type_ = "string", json_path = ".status.expiresAt"),
     printcolumn(
         name = "AGE",
         type_ = "date",

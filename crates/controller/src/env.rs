@@ -82,9 +82,14 @@ pub struct RequestArgs {
     /// Put it to sleep after this long idle (virtual environments only).
     #[arg(long)]
     pub sleep_after: Option<String>,
-    /// A Cluster of its own instead of a virtual cluster.
-    #[arg(long)]
+    /// A Cluster of its own. Without --dedicated or --virtual the platform
+    /// decides: virtual when a Cluster in the namespace hosts environments,
+    /// else dedicated in the labelled ProviderConfig.
+    #[arg(long, conflicts_with = "virtual")]
     pub dedicated: bool,
+    /// A virtual cluster, never a dedicated one.
+    #[arg(long)]
+    pub r#virtual: bool,
     /// Who it belongs to (default: $USER).
     #[arg(long)]
     pub owner: Option<String>,
@@ -224,12 +229,13 @@ fn admission_error(error: kube::Error) -> anyhow::Error {
 }
 
 /// The Environment a request asks for.
-pub fn manifest(args: &RequestArgs, owner: &str, target: &str) -> Value {
+pub fn manifest(args: &RequestArgs, placement: &Placement, owner: &str) -> Value {
+    let target = &placement.target;
     let mut spec = json!({"owner": owner, "ttl": args.ttl});
     if let Some(profile) = &args.profile {
         spec["profile"] = json!(profile);
     }
-    if args.dedicated {
+    if placement.dedicated {
         spec["type"] = json!("dedicated");
         spec["dedicated"] = json!({
             "providerConfigRef": {"name": target},
@@ -254,6 +260,68 @@ pub fn manifest(args: &RequestArgs, owner: &str, target: &str) -> Value {
     })
 }
 
+/// Where a request goes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// A Cluster of its own (else a virtual cluster).
+    pub dedicated: bool,
+    /// The ProviderConfig (dedicated) or host Cluster (virtual).
+    pub target: String,
+    /// Said to the requester when the platform chose for them.
+    pub note: Option<String>,
+}
+
+/// Decides where a request goes from its flags and the Clusters (`hosts`)
+/// and ProviderConfigs (`accounts`) the platform labelled for environments.
+pub fn placement(
+    args: &RequestArgs,
+    hosts: &[String],
+    accounts: &[String],
+) -> anyhow::Result<Placement> {
+    let wants_virtual = args.r#virtual
+        || args.host.is_some()
+        || args.chart.is_some()
+        || args.sleep_after.is_some()
+        || !args.shared_tools.is_empty();
+    let dedicated_in = |chosen: bool| -> anyhow::Result<Placement> {
+        let target = match &args.provider_config {
+            Some(name) => name.clone(),
+            None => the_labelled(accounts.to_vec(), "ProviderConfig", "--provider-config")?,
+        };
+        let note = chosen.then(|| {
+            format!(
+                "no Cluster in this namespace hosts virtual environments (label {DEFAULTS_LABEL}=true); requesting a dedicated cluster in ProviderConfig {target}"
+            )
+        });
+        Ok(Placement {
+            dedicated: true,
+            target,
+            note,
+        })
+    };
+    if args.dedicated {
+        if wants_virtual {
+            bail!(
+                "--dedicated: --host, --chart, --shared-tools and --sleep-after are for virtual environments"
+            );
+        }
+        return dedicated_in(false);
+    }
+    let no_account = accounts.is_empty() && args.provider_config.is_none();
+    if wants_virtual || !hosts.is_empty() || no_account {
+        let target = match &args.host {
+            Some(name) => name.clone(),
+            None => the_labelled(hosts.to_vec(), "Cluster", "--host")?,
+        };
+        return Ok(Placement {
+            dedicated: false,
+            target,
+            note: None,
+        });
+    }
+    dedicated_in(true)
+}
+
 /// The one object labelled as the environments' default, by name.
 fn the_labelled(names: Vec<String>, what: &str, flag: &str) -> anyhow::Result<String> {
     match names.as_slice() {
@@ -269,12 +337,6 @@ fn the_labelled(names: Vec<String>, what: &str, flag: &str) -> anyhow::Result<St
 async fn request(client: &Client, namespace: &str, args: RequestArgs) -> anyhow::Result<()> {
     fleetforge_core::environment::expires_at(Timestamp::now(), &args.ttl)
         .map_err(|e| anyhow::anyhow!("--ttl: {}", e.trim_start_matches("spec.ttl: ")))?;
-    if args.dedicated && args.sleep_after.is_some() {
-        bail!("--sleep-after: only virtual environments sleep");
-    }
-    if args.dedicated && args.chart.is_some() {
-        bail!("--chart: only virtual environments run the vcluster chart");
-    }
     if let Some(profile) = &args.profile {
         let toolsets: Api<ToolSet> = Api::all(client.clone());
         if toolsets.get_opt(profile).await?.is_none() {
@@ -296,42 +358,30 @@ async fn request(client: &Client, namespace: &str, args: RequestArgs) -> anyhow:
         }
     }
     let labelled = ListParams::default().labels(&format!("{DEFAULTS_LABEL}=true"));
-    let target = if args.dedicated {
-        match &args.provider_config {
-            Some(name) => name.clone(),
-            None => the_labelled(
-                names(
-                    Api::<ProviderConfig>::all(client.clone())
-                        .list(&labelled)
-                        .await?
-                        .items,
-                ),
-                "ProviderConfig",
-                "--provider-config",
-            )?,
-        }
-    } else {
-        match &args.host {
-            Some(name) => name.clone(),
-            None => the_labelled(
-                names(
-                    Api::<Cluster>::namespaced(client.clone(), namespace)
-                        .list(&labelled)
-                        .await?
-                        .items,
-                ),
-                "Cluster",
-                "--host",
-            )?,
-        }
-    };
+    let hosts = names(
+        Api::<Cluster>::namespaced(client.clone(), namespace)
+            .list(&labelled)
+            .await?
+            .items,
+    );
+    let accounts = names(
+        Api::<ProviderConfig>::all(client.clone())
+            .list(&labelled)
+            .await?
+            .items,
+    );
+    let placement = placement(&args, &hosts, &accounts)?;
+    if let Some(note) = &placement.note {
+        say(note);
+    }
+    let target = placement.target.clone();
     let owner = args
         .owner
         .clone()
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "unknown".to_string());
     let envs: Api<Environment> = Api::namespaced(client.clone(), namespace);
-    let manifest: Environment = serde_json::from_value(manifest(&args, &owner, &target))?;
+    let manifest: Environment = serde_json::from_value(manifest(&args, &placement, &owner))?;
     // A quota the quota controller has not counted yet refuses everything
     // until it has (up to a minute after the quota or the CRD appears:
     // "status unknown for quota"); wait that out.
@@ -351,7 +401,7 @@ async fn request(client: &Client, namespace: &str, args: RequestArgs) -> anyhow:
     let name = &args.name;
     say(format!(
         "requested {name} ({} on {target}, owner {owner}, ttl {})",
-        if args.dedicated {
+        if placement.dedicated {
             "dedicated"
         } else {
             "virtual"
@@ -527,7 +577,10 @@ mod tests {
             "--sleep-after",
             "30m",
         ]);
-        let env: Environment = serde_json::from_value(manifest(&args, "alice", "hosts")).unwrap();
+        let placement = placement(&args, &["hosts".into()], &["local".into()]).unwrap();
+        assert_eq!(placement.note, None);
+        let env: Environment =
+            serde_json::from_value(manifest(&args, &placement, "alice")).unwrap();
         assert_eq!(env.name_any(), "mine");
         assert_eq!(env.spec.owner, "alice");
         assert_eq!(env.spec.ttl, "4h");
@@ -557,7 +610,8 @@ mod tests {
             "--nodes",
             "2",
         ]);
-        let env: Environment = serde_json::from_value(manifest(&args, "bob", "gcp-dev")).unwrap();
+        let placement = placement(&args, &["hosts".into()], &["gcp-dev".into()]).unwrap();
+        let env: Environment = serde_json::from_value(manifest(&args, &placement, "bob")).unwrap();
         let dedicated = env.spec.dedicated.unwrap();
         assert_eq!(dedicated.provider_config_ref.name, "gcp-dev");
         assert_eq!(dedicated.node_pools[0].machine_type, "e2-standard-4");
@@ -592,6 +646,43 @@ mod tests {
         assert!(
             many.contains("several ProviderConfigs are labelled") && many.contains("(a, b)"),
             "{many}"
+        );
+    }
+
+    #[test]
+    fn a_plain_request_gets_what_the_platform_offers() {
+        let plain = parse(&["mine", "--profile", "dev"]);
+        let hosts = ["dev-hosts".to_string()];
+        let accounts = ["local".to_string()];
+        let virtual_one = placement(&plain, &hosts, &accounts).unwrap();
+        assert_eq!(
+            (virtual_one.dedicated, virtual_one.target.as_str()),
+            (false, "dev-hosts")
+        );
+        let dedicated = placement(&plain, &[], &accounts).unwrap();
+        assert_eq!(
+            (dedicated.dedicated, dedicated.target.as_str()),
+            (true, "local")
+        );
+        assert!(
+            dedicated
+                .note
+                .unwrap()
+                .starts_with("no Cluster in this namespace hosts virtual environments")
+        );
+        let nothing = placement(&plain, &[], &[]).unwrap_err().to_string();
+        assert!(
+            nothing.starts_with("--host: no Cluster is labelled"),
+            "{nothing}"
+        );
+        let insisting = parse(&["mine", "--virtual"]);
+        assert!(placement(&insisting, &[], &accounts).is_err());
+        let mixed = parse(&["mine", "--dedicated", "--sleep-after", "1h"]);
+        assert!(
+            placement(&mixed, &hosts, &accounts)
+                .unwrap_err()
+                .to_string()
+                .starts_with("--dedicated: ")
         );
     }
 }
