@@ -20,7 +20,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use fleetforge_api::{Cluster, ToolInstall, condition};
+use fleetforge_api::environment::EnvironmentPhase;
+use fleetforge_api::{Cluster, Environment, ToolInstall, condition};
 use fleetforge_provider_local::kubeconfig::Access;
 use fleetforge_provider_local::kwokctl::{Kwokctl, Processes};
 use k8s_openapi::api::core::v1::Secret;
@@ -188,6 +189,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         clusters = apply(&client, path).await?;
         await_clusters(&client, &clusters, Duration::from_secs(args.timeout), quiet).await?;
         await_tools(&client, Duration::from_secs(args.timeout)).await?;
+        await_environments(&client, Duration::from_secs(args.timeout)).await?;
     }
 
     // The accounts first (a cloud one is not Ready until its Secret
@@ -202,6 +204,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         ][..],
         &["get", "clusters", "--all-namespaces"][..],
         &["get", "toolinstalls", "--all-namespaces"][..],
+        &["get", "environments", "--all-namespaces"][..],
     ] {
         let table = Command::new(&kubectl)
             .args(args)
@@ -218,6 +221,19 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         );
         for path in write_cluster_kubeconfigs(&client, &home, &clusters).await? {
             eprintln!("  kubectl --kubeconfig {} get nodes", path.display());
+        }
+    }
+    let environments = write_environment_kubeconfigs(&client, &home).await?;
+    if !environments.is_empty() {
+        eprintln!();
+        eprintln!(
+            "Use each Ready environment with its kubeconfig; request more with `fleetforge env request NAME -n platform --profile dev --ttl 1h`:"
+        );
+        for path in environments {
+            eprintln!(
+                "  kubectl --kubeconfig {} get toolinstalls,nodes",
+                path.display()
+            );
         }
     }
     eprintln!();
@@ -577,6 +593,84 @@ async fn await_tools(client: &Client, timeout: Duration) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Waits until every Environment is Ready (or Failed), saying how each
+/// goes; one that is not there in time is left to the user, not an error.
+async fn await_environments(client: &Client, timeout: Duration) -> anyhow::Result<()> {
+    let environments: Api<Environment> = Api::all(client.clone());
+    let started = Instant::now();
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        let list = environments.list(&ListParams::default()).await?.items;
+        if list.is_empty() {
+            return Ok(());
+        }
+        let mut settled = true;
+        for env in &list {
+            let key = format!("{}/{}", env.namespace().unwrap_or_default(), env.name_any());
+            let status = env.status.clone().unwrap_or_default();
+            let phase = status.phase.unwrap_or_default();
+            settled &= matches!(phase, EnvironmentPhase::Ready | EnvironmentPhase::Failed);
+            let message = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == condition::READY)
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            let line = format!("{phase:?} ({message})");
+            if last.get(&key) != Some(&line) {
+                say(format!(
+                    "  [{:5.1}s] environment {key}: {line}",
+                    started.elapsed().as_secs_f64()
+                ));
+                last.insert(key, line);
+            }
+        }
+        if settled {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            say("environments are still on their way; see `kubectl get environments -A`");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Writes each Ready Environment's kubeconfig under `kubeconfigs/` in the
+/// home (`env.<namespace>.<name>.yaml`, as `fleetforge env request` does).
+async fn write_environment_kubeconfigs(
+    client: &Client,
+    home: &Home,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let dir = home.dir.join("kubeconfigs");
+    std::fs::create_dir_all(&dir)?;
+    let mut written = Vec::new();
+    for env in Api::<Environment>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+    {
+        let status = env.status.clone().unwrap_or_default();
+        let (Some(EnvironmentPhase::Ready), Some(secret)) =
+            (status.phase, status.kubeconfig_secret_ref)
+        else {
+            continue;
+        };
+        let namespace = env.namespace().unwrap_or_default();
+        let found = Api::<Secret>::namespaced(client.clone(), &namespace)
+            .get(&secret.name)
+            .await
+            .with_context(|| format!("reading Secret {namespace}/{}", secret.name))?;
+        let Some(value) = found.data.as_ref().and_then(|d| d.get("value")) else {
+            continue;
+        };
+        let path = dir.join(format!("env.{namespace}.{}.yaml", env.name_any()));
+        write_private(&path, &String::from_utf8_lossy(&value.0))?;
+        written.push(path);
+    }
+    Ok(written)
 }
 
 /// Whether the Cluster is Ready, and a line saying where it is.
