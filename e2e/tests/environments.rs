@@ -1,10 +1,12 @@
-//! Environments on real local clusters, through the built controller under
-//! its RBAC: a virtual environment becomes Ready with a working kubeconfig
-//! and its profile's tools inside (a shared host tool not installed twice);
-//! it sleeps and wakes; a third request of one owner waits on the per-owner
-//! maximum; a dedicated environment creates a local Cluster; deleting an
-//! environment mid-provisioning leaves nothing behind; a run-out time to
-//! live deletes everything and says so.
+//! Environments on real local clusters, through `fleetforge env` and the
+//! built controller under its RBAC: a virtual environment requested with
+//! the CLI becomes Ready with a working kubeconfig and its profile's tools
+//! inside (a shared host tool not installed twice); it sleeps and wakes on
+//! request and sleeps by itself when idle; a third request of one owner
+//! waits on the per-owner maximum; deleting an environment mid-provisioning
+//! leaves nothing behind; a run-out time to live deletes everything and
+//! says so; a refused child fails the environment; a dedicated environment
+//! creates a local Cluster.
 
 use std::time::Duration;
 
@@ -118,8 +120,17 @@ async fn environments_come_sleep_wake_wait_their_turn_and_go() {
 
             // A virtual environment: Ready, its kubeconfig reaches a real API,
             // the profile's cache is DEPLOYED inside and widgets is SHARED.
-            apply(&client, Some(&ns), environment("mine", "alice", "1h")).await;
+            // Requested through the CLI, which follows it to Ready and
+            // writes its kubeconfig.
+            let chart = workspace_root().join("e2e/charts/vcluster").display().to_string();
+            let kubeconfig = work.path().join("mine.kubeconfig");
+            let kubeconfig_out = kubeconfig.display().to_string();
+            let requested = cli(&ns, &["request", "mine", "--owner", "alice", "--ttl", "1h", "--profile", "env-tools", "--host", "env-host",
+                                       "--chart", &chart, "--chart-version", "0.1.0", "--shared-tools", "widgets", "--kubeconfig-out", &kubeconfig_out]).await;
+            assert!(requested.starts_with("mine is Ready (expires at "), "{requested}");
+            assert!(requested.contains(&format!("export KUBECONFIG={kubeconfig_out}")), "{requested}");
             let envs: Api<Environment> = Api::namespaced(client.clone(), &ns);
+            assert_eq!(envs.get("mine").await.unwrap().spec, environment_spec("mine", "alice", "1h"));
             let ready = await_phase(&envs, "mine", EnvironmentPhase::Ready, &controller).await;
             let status = ready.status.unwrap();
             assert_eq!(status.kubeconfig_secret_ref.unwrap().name, "mine-kubeconfig");
@@ -130,8 +141,7 @@ async fn environments_come_sleep_wake_wait_their_turn_and_go() {
             assert_eq!(expires.as_second() - created.as_second(), 3600);
             await_event(&client, &ns, "Ready", "kubeconfig in Secret mine-kubeconfig", &controller).await;
             let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-            let kubeconfig = work.path().join("mine.kubeconfig");
-            std::fs::write(&kubeconfig, &secrets.get("mine-kubeconfig").await.unwrap().data.unwrap()["value"].0).unwrap();
+            assert_eq!(std::fs::read(&kubeconfig).unwrap(), secrets.get("mine-kubeconfig").await.unwrap().data.unwrap()["value"].0);
             let inside = target_client(&kubeconfig).await;
             inside.apiserver_version().await.expect("the environment's API answers");
             let installs: Api<ToolInstall> = Api::namespaced(client.clone(), &ns);
@@ -187,7 +197,6 @@ async fn environments_come_sleep_wake_wait_their_turn_and_go() {
             // The per-owner maximum (2 here): alice's third request waits.
             apply(&client, Some(&ns), environment("second", "alice", "1h")).await;
             // The third through the CLI: it says the request waits its turn.
-            let chart = workspace_root().join("e2e/charts/vcluster").display().to_string();
             let queued = cli(&ns, &["request", "third", "--owner", "alice", "--ttl", "1h", "--profile", "env-tools", "--host", "env-host",
                                     "--chart", &chart, "--chart-version", "0.1.0", "--shared-tools", "widgets", "--queue"]).await;
             assert!(queued.starts_with("third waits its turn: owner alice already has 2 environments, the per-owner maximum is 2"), "{queued}");
@@ -197,9 +206,7 @@ async fn environments_come_sleep_wake_wait_their_turn_and_go() {
             assert!(virtual_clusters.get_opt("third").await.unwrap().is_none(), "nothing is provisioned for a held request");
 
             // Deleting mid-provisioning leaves nothing behind.
-            envs.delete("second", &DeleteParams::default()).await.unwrap();
-            let gone = await_condition(&envs, "second", "the deleted environment to go", WAIT, |e: Option<&Environment>| e.is_none()).await;
-            assert!(gone.is_ok(), "{gone:?}\n{}", controller.process.log_tail());
+            assert_eq!(cli(&ns, &["delete", "second"]).await, "second is gone\n");
             assert!(virtual_clusters.get_opt("second").await.unwrap().is_none());
             // ... and the held request gets its turn.
             await_phase(&envs, "third", EnvironmentPhase::Ready, &controller).await;
