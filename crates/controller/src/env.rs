@@ -515,7 +515,7 @@ async fn follow(
 async fn list(envs: &Api<Environment>) -> anyhow::Result<()> {
     let items = envs.list(&ListParams::default()).await?.items;
     println!(
-        "{:<24} {:<10} {:<12} {:<13} {:<22} ESTIMATE",
+        "{:<24} {:<10} {:<16} {:<13} {:<22} ESTIMATE",
         "NAME", "TYPE", "OWNER", "PHASE", "EXPIRES"
     );
     for env in items {
@@ -531,7 +531,7 @@ async fn list(envs: &Api<Environment>) -> anyhow::Result<()> {
             })
             .unwrap_or_default();
         println!(
-            "{:<24} {:<10} {:<12} {:<13} {:<22} {estimate}",
+            "{:<24} {:<10} {:<16} {:<13} {:<22} {estimate}",
             env.name_any(),
             format!("{:?}", env.spec.kind).to_lowercase(),
             env.spec.owner,
