@@ -100,9 +100,17 @@ fn the_catalog_is_exactly_the_profiles() {
 fn every_document_passes_the_validator() {
     let (documents, errors) = manifests::load(&catalog_dir());
     assert!(errors.is_empty(), "unreadable: {errors:?}");
-    assert_eq!(documents.len(), PROFILES.len() + 1, "one ToolSet per file");
     let schemas = Schemas::new().unwrap();
-    for document in &documents {
+    // Beside the profiles, the vcluster chart VirtualClusters default to.
+    let (sets, others): (Vec<_>, Vec<_>) = documents
+        .iter()
+        .partition(|d| d.file.parent() == Some(catalog_dir().as_path()));
+    assert_eq!(sets.len(), PROFILES.len() + 1, "one ToolSet per file");
+    assert_eq!(others.len(), 1, "{others:?}");
+    assert_eq!(others[0].kind(), "VirtualCluster");
+    let problems = schemas.validate_document(others[0]);
+    assert!(problems.is_empty(), "{}: {problems:?}", others[0].file.display());
+    for document in sets {
         let at = format!("{}: {document}", document.file.display());
         assert_eq!(document.api_version(), format!("{GROUP}/{VERSION}"), "{at}");
         assert_eq!(document.kind(), "ToolSet", "{at}");
@@ -314,4 +322,20 @@ fn the_readme_table_matches_the_files() {
             );
         }
     }
+}
+
+#[test]
+fn the_catalog_names_the_vcluster_chart_virtual_clusters_default_to() {
+    let path = catalog_dir().join("virtual-clusters/vcluster.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let vc: fleetforge_api::VirtualCluster = serde_saphyr::from_str(&text).unwrap();
+    let chart = vc.spec.chart.expect("the catalog spells the chart out");
+    let (repository, name, version) = fleetforge_provider_vcluster::DEFAULT_CHART;
+    assert_eq!(
+        (chart.repository.as_str(), chart.name.as_str(), chart.version.as_str()),
+        (repository, name, version),
+        "{} and providers/vcluster's DEFAULT_CHART disagree",
+        path.display()
+    );
+    assert!(is_exact_version(&chart.version), "{}", chart.version);
 }
