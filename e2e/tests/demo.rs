@@ -473,7 +473,6 @@ fn the_demo_runs_the_platform_on_local_clusters() {
             .args(["-n", "platform"])
             .env("KUBECONFIG", &management)
             .env("FLEETFORGE_HOME", home.path())
-            .env("USER", "bob")
             .output()
             .unwrap()
     };
@@ -513,6 +512,16 @@ fn the_demo_runs_the_platform_on_local_clusters() {
         !kubectl(&mine, &["get", "configmap", "web-settings", "-n", "apps"]).is_empty(),
         "the profile is installed"
     );
+    // Its owner is who the API server says the requester is.
+    let whoami = kubectl(
+        &management,
+        &[
+            "auth",
+            "whoami",
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    );
     let listed = String::from_utf8(env(&["list"]).stdout).unwrap();
     let row: Vec<&str> = listed
         .lines()
@@ -522,7 +531,7 @@ fn the_demo_runs_the_platform_on_local_clusters() {
         .collect();
     assert_eq!(
         (row[1], row[2], row[3]),
-        ("dedicated", "bob", "Ready"),
+        ("dedicated", whoami.as_str(), "Ready"),
         "{listed}"
     );
     assert!(listed.contains("2 vCPU, 8Gi"), "{listed}");

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use fleetforge_api::environment::EnvironmentPhase;
 use fleetforge_api::{Cluster, Environment, ProviderConfig, ToolSet, condition};
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -90,7 +91,8 @@ pub struct RequestArgs {
     /// A virtual cluster, never a dedicated one.
     #[arg(long)]
     pub r#virtual: bool,
-    /// Who it belongs to (default: $USER).
+    /// Who it belongs to (default: who the API server says you are, as
+    /// `kubectl auth whoami` shows; else $USER).
     #[arg(long)]
     pub owner: Option<String>,
     /// The host Cluster of a virtual environment.
@@ -375,11 +377,13 @@ async fn request(client: &Client, namespace: &str, args: RequestArgs) -> anyhow:
         say(note);
     }
     let target = placement.target.clone();
-    let owner = args
-        .owner
-        .clone()
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "unknown".to_string());
+    let owner = match &args.owner {
+        Some(owner) => owner.clone(),
+        None => match whoami(client).await {
+            Some(name) => name,
+            None => std::env::var("USER").unwrap_or_else(|_| "unknown".to_string()),
+        },
+    };
     let envs: Api<Environment> = Api::namespaced(client.clone(), namespace);
     let manifest: Environment = serde_json::from_value(manifest(&args, &placement, &owner))?;
     // A quota the quota controller has not counted yet refuses everything
@@ -465,6 +469,16 @@ async fn request(client: &Client, namespace: &str, args: RequestArgs) -> anyhow:
     println!("  export KUBECONFIG={}", path.display());
     println!("  kubectl get namespaces");
     Ok(())
+}
+
+/// The user name the API server authenticates this client as (a
+/// SelfSubjectReview, as `kubectl auth whoami`), if it tells.
+async fn whoami(client: &Client) -> Option<String> {
+    let review = Api::<SelfSubjectReview>::all(client.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .ok()?;
+    review.status?.user_info?.username
 }
 
 fn names<K: ResourceExt>(items: Vec<K>) -> Vec<String> {
