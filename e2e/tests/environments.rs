@@ -272,3 +272,101 @@ async fn environments_come_sleep_wake_wait_their_turn_and_go() {
         })
         .await;
 }
+
+/// deploy/policies/environment-owner.yaml: a developer requests
+/// environments in their own name only (the per-owner maximum is then
+/// theirs), and nobody changes an environment's owner afterwards.
+#[tokio::test]
+async fn developers_request_environments_in_their_own_name_only() {
+    install();
+    let work = tempfile::tempdir().unwrap();
+    shared()
+        .with_temp_ns(|client, ns| async move {
+            // The shipped policy, bound to this test's namespace only.
+            let shipped = std::fs::read_to_string(workspace_root().join("deploy/policies/environment-owner.yaml")).unwrap();
+            let scoped = shipped
+                .replace("name: fleetforge-environment-owner", &format!("name: fleetforge-environment-owner-{ns}"))
+                .replace("policyName: fleetforge-environment-owner", &format!("policyName: fleetforge-environment-owner-{ns}"))
+                .replace(
+                    "  validationActions: [Deny]",
+                    &format!("  validationActions: [Deny]\n  matchResources:\n    namespaceSelector:\n      matchLabels:\n        kubernetes.io/metadata.name: {ns}"),
+                );
+            let policy = work.path().join("policy.yaml");
+            std::fs::write(&policy, scoped).unwrap();
+            let admin = admin_kubeconfig();
+            fleetforge_e2e::kubectl(&admin, &["apply", "--server-side", "-f", &policy.display().to_string()]);
+
+            // A developer: a ServiceAccount that may create Environments here.
+            let rbac = json!([
+                {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "dev", "namespace": ns}},
+                {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "env-requester", "namespace": ns},
+                 "rules": [{"apiGroups": ["fleetforge.dev"], "resources": ["environments"], "verbs": ["create", "get", "patch"]}]},
+                {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "env-requester", "namespace": ns},
+                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "env-requester"},
+                 "subjects": [{"kind": "ServiceAccount", "name": "dev", "namespace": ns}]},
+            ]);
+            let manifests = work.path().join("rbac.json");
+            std::fs::write(&manifests, json!({"apiVersion": "v1", "kind": "List", "items": rbac}).to_string()).unwrap();
+            fleetforge_e2e::kubectl(&admin, &["apply", "--server-side", "-f", &manifests.display().to_string()]);
+            let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &ns);
+            let request: k8s_openapi::api::authentication::v1::TokenRequest =
+                serde_json::from_value(json!({"spec": {"expirationSeconds": 600}})).unwrap();
+            let issued: k8s_openapi::api::authentication::v1::TokenRequest =
+                accounts.create_subresource("token", "dev", &kube::api::PostParams::default(), &request).await.unwrap();
+            let developer_kubeconfig = work.path().join("dev.kubeconfig");
+            let token = issued.status.and_then(|s| s.token).expect("a token is issued");
+            shared().write_token_kubeconfig(&developer_kubeconfig, &token).unwrap();
+            let developer = target_client(&developer_kubeconfig).await;
+            let as_developer: Api<Environment> = Api::namespaced(developer, &ns);
+            let me = format!("system:serviceaccount:{ns}:dev");
+            let request_for = |owner: &str, name: &str| -> Environment {
+                serde_json::from_value(json!({
+                    "apiVersion": "fleetforge.dev/v1alpha1", "kind": "Environment",
+                    "metadata": {"name": name},
+                    "spec": {"type": "virtual", "owner": owner, "virtual": {"host": {"clusterRef": {"name": "h"}}}},
+                }))
+                .unwrap()
+            };
+
+            // In someone else's name: refused, saying why (once the policy
+            // is active; the API server loads it within seconds).
+            let mut refused = None;
+            for _ in 0..60 {
+                match as_developer.create(&kube::api::PostParams::default(), &request_for("alice", "for-alice")).await {
+                    Err(kube::Error::Api(response)) => {
+                        refused = Some(response.message);
+                        break;
+                    }
+                    Ok(_) => {
+                        as_developer.delete("for-alice", &DeleteParams::default()).await.ok();
+                        let gone = async {
+                            while as_developer.get_opt("for-alice").await.ok().flatten().is_some() {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        };
+                        gone.await;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            let refused = refused.expect("the policy refuses a request in another's name");
+            assert!(
+                refused.contains(&format!("spec.owner: alice is not you ({me}); only fleetforge:platform-admins request environments for others")),
+                "{refused}"
+            );
+
+            // In their own name: accepted; and the owner never changes.
+            as_developer.create(&kube::api::PostParams::default(), &request_for(&me, "mine")).await.unwrap();
+            let changed = as_developer
+                .patch("mine", &PatchParams::default(), &Patch::Merge(json!({"spec": {"owner": "alice"}})))
+                .await
+                .unwrap_err();
+            assert!(changed.to_string().contains("owner is immutable"), "{changed}");
+
+            for kind in ["validatingadmissionpolicybinding", "validatingadmissionpolicy"] {
+                fleetforge_e2e::kubectl(&admin, &["delete", kind, &format!("fleetforge-environment-owner-{ns}")]);
+            }
+        })
+        .await;
+}

@@ -40,6 +40,7 @@ use crate::virtual_cluster::{VirtualClusterChart, VirtualClusterHost};
     validation = Rule::new("self.type == 'virtual' || !has(self.virtual)").message("virtual is only allowed for type virtual").field_path(".virtual"),
     validation = Rule::new("self.type == 'virtual' || !has(self.sleepAfter)").message("sleepAfter is only supported for type virtual").field_path(".sleepAfter"),
     validation = Rule::new("self.type == oldSelf.type").message("type is immutable").field_path(".type"),
+    validation = Rule::new("self.owner == oldSelf.owner").message("owner is immutable").field_path(".owner"),
 )]
 pub struct EnvironmentSpec {
     /// `virtual` runs a VirtualCluster on a shared host; `dedicated` creates
