@@ -537,7 +537,11 @@ async fn sync(vc: &VirtualCluster, ctx: &Context) -> Result<Outcome, Error> {
                  elsewhere, set spec.values.exportKubeConfig.server to an address the controller reaches"
             ),
         ));
-        outcome.requeue = Duration::from_secs(10);
+        // Starting (or waking) takes seconds: look again soon. A virtual
+        // cluster that served and stopped answering is an outage: less often.
+        let was_ready =
+            vc.status.as_ref().and_then(|s| s.phase) == Some(VirtualClusterPhase::Ready);
+        outcome.requeue = Duration::from_secs(if was_ready { 10 } else { 2 });
         return Ok(outcome);
     }
     publish_secret(vc, ctx, &kubeconfig).await?;
