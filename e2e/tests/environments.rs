@@ -333,9 +333,15 @@ async fn developers_request_environments_in_their_own_name_only() {
             let mut refused = None;
             for _ in 0..60 {
                 match as_developer.create(&kube::api::PostParams::default(), &request_for("alice", "for-alice")).await {
-                    Err(kube::Error::Api(response)) => {
+                    // The policy's refusal; anything else (the developer's
+                    // Role not in force yet) is tried again.
+                    Err(kube::Error::Api(response)) if response.message.contains("spec.owner: ") => {
                         refused = Some(response.message);
                         break;
+                    }
+                    Err(kube::Error::Api(response)) => {
+                        refused = Some(response.message);
+                        tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                     Ok(_) => {
                         as_developer.delete("for-alice", &DeleteParams::default()).await.ok();
