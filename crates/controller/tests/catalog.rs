@@ -109,7 +109,11 @@ fn every_document_passes_the_validator() {
     assert_eq!(others.len(), 1, "{others:?}");
     assert_eq!(others[0].kind(), "VirtualCluster");
     let problems = schemas.validate_document(others[0]);
-    assert!(problems.is_empty(), "{}: {problems:?}", others[0].file.display());
+    assert!(
+        problems.is_empty(),
+        "{}: {problems:?}",
+        others[0].file.display()
+    );
     for document in sets {
         let at = format!("{}: {document}", document.file.display());
         assert_eq!(document.api_version(), format!("{GROUP}/{VERSION}"), "{at}");
@@ -332,7 +336,11 @@ fn the_catalog_names_the_vcluster_chart_virtual_clusters_default_to() {
     let chart = vc.spec.chart.expect("the catalog spells the chart out");
     let (repository, name, version) = fleetforge_provider_vcluster::DEFAULT_CHART;
     assert_eq!(
-        (chart.repository.as_str(), chart.name.as_str(), chart.version.as_str()),
+        (
+            chart.repository.as_str(),
+            chart.name.as_str(),
+            chart.version.as_str()
+        ),
         (repository, name, version),
         "{} and providers/vcluster's DEFAULT_CHART disagree",
         path.display()
