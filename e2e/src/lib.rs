@@ -188,6 +188,31 @@ pub struct Controller {
 }
 
 impl Controller {
+    /// Waits up to [`local::WAIT`] until `condition` holds for object `name`
+    /// of `api` (`what` says what for), returning the object as then seen;
+    /// panics with this controller's log tail when it does not come.
+    pub async fn wait_for<K>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        what: &str,
+        condition: impl Fn(Option<&K>) -> bool,
+    ) -> Option<K>
+    where
+        K: kube::Resource
+            + Clone
+            + std::fmt::Debug
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + Send
+            + 'static,
+    {
+        match fleetforge_testenv::await_condition(api, name, what, local::WAIT, condition).await {
+            Ok(found) => found,
+            Err(e) => panic!("{e}\n{}", self.process.log_tail()),
+        }
+    }
+
     /// Starts the controller for `namespace` with `kubeconfig`, its lease in
     /// `namespace`, logging to `log`.
     pub fn start(kubeconfig: &Path, namespace: &str, log: &Path) -> Self {

@@ -67,6 +67,23 @@ impl Drop for SyncerStandIn {
     }
 }
 
+/// A local Cluster `name` in `namespace`, Ready, to host virtual clusters,
+/// with the stand-in watching it (API servers under `work/virtual`): its
+/// kubeconfig (written under `work`) and the stand-in.
+pub async fn host_with_syncer(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    work: &Path,
+    controller: &crate::Controller,
+) -> (PathBuf, SyncerStandIn) {
+    crate::local::local_clusters(client, namespace, &[(name, json!({}))]).await;
+    crate::local::await_clusters_ready(client, namespace, &[name], controller).await;
+    let kubeconfig = crate::local::target_kubeconfig(client, namespace, name, work).await;
+    let syncer = SyncerStandIn::start(&kubeconfig, &work.join("virtual")).await;
+    (kubeconfig, syncer)
+}
+
 async fn step(host: &Client, kwokctl: &Kwokctl) -> Result<(), String> {
     let sets: Api<StatefulSet> = Api::all(host.clone());
     let list = sets

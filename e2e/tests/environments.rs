@@ -14,10 +14,9 @@ use fleetforge_api::environment::EnvironmentPhase;
 use fleetforge_api::{Cluster, Environment, ToolInstall, ToolState, VirtualCluster, condition};
 use fleetforge_core::environment::WOKEN_AT;
 use fleetforge_e2e::local::{
-    Cleanup, WAIT, apply, await_clusters_ready, chart, delete_clusters, local_clusters,
-    release_names, start, target_client, target_kubeconfig,
+    Cleanup, apply, chart, delete_clusters, release_names, start, target_client, target_kubeconfig,
 };
-use fleetforge_e2e::vcluster::SyncerStandIn;
+use fleetforge_e2e::vcluster::host_with_syncer;
 use fleetforge_e2e::{
     Controller, admin_kubeconfig, await_event, fleetforge_bin, install, workspace_root,
 };
@@ -74,21 +73,18 @@ async fn await_phase(
     phase: EnvironmentPhase,
     controller: &Controller,
 ) -> Environment {
-    let found = await_condition(
-        api,
-        name,
-        &format!("Environment {name} {phase:?}"),
-        WAIT,
-        |e: Option<&Environment>| {
-            e.and_then(|e| e.status.as_ref())
-                .is_some_and(|s| s.phase == Some(phase))
-        },
-    )
-    .await;
-    match found {
-        Ok(env) => env.expect("the environment exists"),
-        Err(e) => panic!("{e}\n{}", controller.process.log_tail()),
-    }
+    controller
+        .wait_for(
+            api,
+            name,
+            &format!("Environment {name} {phase:?}"),
+            |e: Option<&Environment>| {
+                e.and_then(|e| e.status.as_ref())
+                    .is_some_and(|s| s.phase == Some(phase))
+            },
+        )
+        .await
+        .expect("the environment exists")
 }
 
 #[tokio::test]
@@ -99,10 +95,7 @@ async fn environments_come_sleep_wake_wait_their_turn_and_go() {
     shared()
         .with_temp_ns(|client, ns| async move {
             let controller = start(&client, &ns, work.path()).await;
-            local_clusters(&client, &ns, &[("env-host", json!({}))]).await;
-            await_clusters_ready(&client, &ns, &["env-host"], &controller).await;
-            let host_kubeconfig = target_kubeconfig(&client, &ns, "env-host", work.path()).await;
-            let _syncer = SyncerStandIn::start(&host_kubeconfig, &work.path().join("virtual")).await;
+            let (host_kubeconfig, _syncer) = host_with_syncer(&client, &ns, "env-host", work.path(), &controller).await;
             // The profile (cluster-scoped, so one per test binary run).
             apply(
                 &client,
@@ -145,15 +138,10 @@ async fn environments_come_sleep_wake_wait_their_turn_and_go() {
             let inside = target_client(&kubeconfig).await;
             inside.apiserver_version().await.expect("the environment's API answers");
             let installs: Api<ToolInstall> = Api::namespaced(client.clone(), &ns);
-            let tools = await_condition(&installs, "mine-profile", "the profile inside the environment", WAIT, |ti: Option<&ToolInstall>| {
+            let tools = controller.wait_for(&installs, "mine-profile", "the profile inside the environment", |ti: Option<&ToolInstall>| {
                 ti.and_then(|t| t.status.as_ref())
                     .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == condition::READY && c.status == "True"))
-            })
-            .await;
-            let tools = match tools {
-                Ok(ti) => ti.unwrap(),
-                Err(e) => panic!("{e}\n{}", controller.process.log_tail()),
-            };
+            }).await.unwrap();
             let states: Vec<(String, ToolState)> = tools.status.unwrap().targets[0].tools.iter().map(|t| (t.name.clone(), t.state)).collect();
             assert_eq!(states, [("widgets".to_string(), ToolState::Shared), ("cache".to_string(), ToolState::Deployed)]);
             assert_eq!(release_names(&kubeconfig), ["cache"]);
@@ -213,8 +201,7 @@ async fn environments_come_sleep_wake_wait_their_turn_and_go() {
 
             // A run-out time to live deletes everything, with an event.
             envs.patch("mine", &PatchParams::default(), &Patch::Merge(json!({"spec": {"ttl": "1s"}}))).await.unwrap();
-            let gone = await_condition(&envs, "mine", "the expired environment to go", WAIT, |e: Option<&Environment>| e.is_none()).await;
-            assert!(gone.is_ok(), "{gone:?}\n{}", controller.process.log_tail());
+            controller.wait_for(&envs, "mine", "the expired environment to go", |e: Option<&Environment>| e.is_none()).await;
             await_event(&client, &ns, "Expired", "ttl 1s ran out", &controller).await;
             assert!(virtual_clusters.get_opt("mine").await.unwrap().is_none());
             assert!(secrets.get_opt("mine-kubeconfig").await.unwrap().is_none());
@@ -264,8 +251,7 @@ async fn environments_come_sleep_wake_wait_their_turn_and_go() {
                 envs.delete(name, &DeleteParams::default()).await.unwrap();
             }
             for name in ["third", "own", "beside"] {
-                let gone = await_condition(&envs, name, "the environment to go", WAIT, |e: Option<&Environment>| e.is_none()).await;
-                assert!(gone.is_ok(), "{gone:?}\n{}", controller.process.log_tail());
+                controller.wait_for(&envs, name, "the environment to go", |e: Option<&Environment>| e.is_none()).await;
             }
             assert!(clusters.get_opt("own").await.unwrap().is_none());
             delete_clusters(&client, &ns, &["env-host"]).await;

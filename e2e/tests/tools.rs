@@ -288,8 +288,7 @@ async fn a_toolset_reaches_every_selected_cluster_and_stays_as_declared() {
 
             // Deleting the ToolInstall uninstalls everywhere.
             installs.delete("web", &DeleteParams::default()).await.unwrap();
-            let gone = await_condition(&installs, "web", "the ToolInstall to be deleted", WAIT, |ti: Option<&ToolInstall>| ti.is_none()).await;
-            assert!(gone.is_ok(), "{gone:?}\n{}", controller.process.log_tail());
+            controller.wait_for(&installs, "web", "the ToolInstall to be deleted", |ti: Option<&ToolInstall>| ti.is_none()).await;
             assert!(release_names(&kubeconfig_a).is_empty());
             assert!(release_names(&kubeconfig_c).is_empty());
 
@@ -360,8 +359,7 @@ async fn a_profile_installs_on_its_cluster_and_a_lost_cluster_can_be_forced_out(
                 )
                 .await
                 .unwrap();
-            let gone = await_condition(&installs, "lost-profile", "the forced ToolInstall to go", WAIT, |ti: Option<&ToolInstall>| ti.is_none()).await;
-            assert!(gone.is_ok(), "{gone:?}\n{}", controller.process.log_tail());
+            controller.wait_for(&installs, "lost-profile", "the forced ToolInstall to go", |ti: Option<&ToolInstall>| ti.is_none()).await;
             await_event(&client, &ns, "ForceRemoved", "lost: dropped without uninstalling", &controller).await;
 
             // Removing the profile keeps it gone; the cluster goes too.

@@ -11,10 +11,10 @@ use std::time::Duration;
 use fleetforge_api::virtual_cluster::VirtualClusterPhase;
 use fleetforge_api::{ToolInstall, ToolState, VirtualCluster};
 use fleetforge_e2e::local::{
-    Cleanup, WAIT, apply, await_clusters_ready, chart as local_chart, delete_clusters, helm,
-    local_clusters, release_names, start, target_client, target_kubeconfig,
+    Cleanup, apply, chart as local_chart, delete_clusters, helm, release_names, start,
+    target_client,
 };
-use fleetforge_e2e::vcluster::SyncerStandIn;
+use fleetforge_e2e::vcluster::{SyncerStandIn, host_with_syncer};
 use fleetforge_e2e::{await_event, install, workspace_root};
 use fleetforge_testenv::{await_condition, shared};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -29,10 +29,7 @@ async fn a_virtual_cluster_comes_up_on_its_host_and_goes_without_a_trace() {
     shared()
         .with_temp_ns(|client, ns| async move {
             let controller = start(&client, &ns, work.path()).await;
-            local_clusters(&client, &ns, &[("host", json!({}))]).await;
-            await_clusters_ready(&client, &ns, &["host"], &controller).await;
-            let host_kubeconfig = target_kubeconfig(&client, &ns, "host", work.path()).await;
-            let _syncer = SyncerStandIn::start(&host_kubeconfig, &work.path().join("virtual")).await;
+            let (host_kubeconfig, _syncer) = host_with_syncer(&client, &ns, "host", work.path(), &controller).await;
 
             let chart = workspace_root().join("e2e/charts/vcluster");
             let set = format!("inside-{ns}");
@@ -68,14 +65,9 @@ async fn a_virtual_cluster_comes_up_on_its_host_and_goes_without_a_trace() {
             )
             .await;
             let api: Api<VirtualCluster> = Api::namespaced(client.clone(), &ns);
-            let ready = await_condition(&api, "team-a", "the virtual cluster to be Ready", WAIT, |vc: Option<&VirtualCluster>| {
+            let vc = controller.wait_for(&api, "team-a", "the virtual cluster to be Ready", |vc: Option<&VirtualCluster>| {
                 vc.and_then(|v| v.status.as_ref()).is_some_and(|s| s.phase == Some(VirtualClusterPhase::Ready))
-            })
-            .await;
-            let vc = match ready {
-                Ok(vc) => vc.unwrap(),
-                Err(e) => panic!("{e}\n{}", controller.process.log_tail()),
-            };
+            }).await.unwrap();
             let status = vc.status.unwrap();
             assert_eq!(status.host.as_deref(), Some("host"));
             assert_eq!(status.version.as_deref(), Some("0.1.0"));
@@ -102,18 +94,13 @@ async fn a_virtual_cluster_comes_up_on_its_host_and_goes_without_a_trace() {
             // host (not installed twice); the chart was told to sync
             // ingresses to the host for the shared ingress controller.
             let installs: Api<ToolInstall> = Api::namespaced(client.clone(), &ns);
-            let profile = await_condition(&installs, "team-a-profile", "the profile inside the virtual cluster", WAIT, |ti: Option<&ToolInstall>| {
+            let profile = controller.wait_for(&installs, "team-a-profile", "the profile inside the virtual cluster", |ti: Option<&ToolInstall>| {
                 ti.and_then(|t| t.status.as_ref()).is_some_and(|s| {
                     s.targets.len() == 1
                         && s.targets[0].kind == "VirtualCluster"
                         && s.targets[0].tools.iter().any(|t| t.name == "cache" && t.state == ToolState::Deployed)
                 })
-            })
-            .await;
-            let profile = match profile {
-                Ok(ti) => ti.unwrap(),
-                Err(e) => panic!("{e}\n{}", controller.process.log_tail()),
-            };
+            }).await.unwrap();
             let widgets = profile.status.as_ref().unwrap().targets[0].tools.iter().find(|t| t.name == "widgets").unwrap();
             assert_eq!(widgets.state, ToolState::Shared);
             assert_eq!(widgets.message.as_deref(), Some("provided by the host Cluster host"));
@@ -125,8 +112,7 @@ async fn a_virtual_cluster_comes_up_on_its_host_and_goes_without_a_trace() {
             // Deleting uninstalls the release and removes its namespace and
             // the connection Secret.
             api.delete("team-a", &DeleteParams::default()).await.unwrap();
-            let gone = await_condition(&api, "team-a", "the VirtualCluster to go", WAIT, |vc: Option<&VirtualCluster>| vc.is_none()).await;
-            assert!(gone.is_ok(), "{gone:?}\n{}", controller.process.log_tail());
+            controller.wait_for(&api, "team-a", "the VirtualCluster to go", |vc: Option<&VirtualCluster>| vc.is_none()).await;
             assert!(release_names(&host_kubeconfig).is_empty());
             assert!(secrets.get_opt("team-a-kubeconfig").await.unwrap().is_none());
             let namespaces: Api<Namespace> = Api::all(host.clone());
@@ -164,14 +150,9 @@ async fn a_virtual_cluster_on_the_management_cluster_needs_its_namespace_to_allo
             )
             .await;
             let api: Api<VirtualCluster> = Api::namespaced(client.clone(), &ns);
-            let refused = await_condition(&api, "beside", "the management cluster to refuse", WAIT, |vc: Option<&VirtualCluster>| {
+            let refused = controller.wait_for(&api, "beside", "the management cluster to refuse", |vc: Option<&VirtualCluster>| {
                 vc.and_then(|v| v.status.as_ref()).is_some_and(|s| s.phase == Some(VirtualClusterPhase::Failed))
-            })
-            .await;
-            let refused = match refused {
-                Ok(vc) => vc.unwrap(),
-                Err(e) => panic!("{e}\n{}", controller.process.log_tail()),
-            };
+            }).await.unwrap();
             let message = &refused.status.unwrap().conditions.iter().find(|c| c.type_ == "Synced").unwrap().message.clone();
             assert!(message.starts_with(&format!("the controller may not install into namespace {ns} of the management cluster")) && message.ends_with("(deploy/rbac/vcluster-host-binding.yaml)"), "{message}");
 
@@ -189,14 +170,9 @@ async fn a_virtual_cluster_on_the_management_cluster_needs_its_namespace_to_allo
             api.patch("beside", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"e2e/retry": "1"}}})))
                 .await
                 .unwrap();
-            let ready = await_condition(&api, "beside", "the virtual cluster to be Ready", WAIT, |vc: Option<&VirtualCluster>| {
+            let vc = controller.wait_for(&api, "beside", "the virtual cluster to be Ready", |vc: Option<&VirtualCluster>| {
                 vc.and_then(|v| v.status.as_ref()).is_some_and(|s| s.phase == Some(VirtualClusterPhase::Ready))
-            })
-            .await;
-            let vc = match ready {
-                Ok(vc) => vc.unwrap(),
-                Err(e) => panic!("{e}\n{}", controller.process.log_tail()),
-            };
+            }).await.unwrap();
             assert_eq!(vc.status.unwrap().host.as_deref(), Some("management"));
             await_event(&client, &ns, "Installed", &format!("installed the vcluster chart 0.1.0 into {ns} on management"), &controller).await;
             let releases: Value = serde_json::from_str(&helm(&admin, &["list", "-n", &ns, "-o", "json"])).unwrap();
@@ -207,8 +183,7 @@ async fn a_virtual_cluster_on_the_management_cluster_needs_its_namespace_to_allo
             target_client(&kubeconfig).await.apiserver_version().await.expect("the virtual cluster answers");
 
             api.delete("beside", &DeleteParams::default()).await.unwrap();
-            let gone = await_condition(&api, "beside", "the VirtualCluster to go", WAIT, |vc: Option<&VirtualCluster>| vc.is_none()).await;
-            assert!(gone.is_ok(), "{gone:?}\n{}", controller.process.log_tail());
+            controller.wait_for(&api, "beside", "the VirtualCluster to go", |vc: Option<&VirtualCluster>| vc.is_none()).await;
             let releases: Value = serde_json::from_str(&helm(&admin, &["list", "-n", &ns, "-o", "json"])).unwrap();
             assert_eq!(releases, json!([]));
             for name in ["vc-beside", "beside-kubeconfig"] {
