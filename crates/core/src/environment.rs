@@ -11,8 +11,7 @@ use fleetforge_api::cluster::ClusterPhase;
 use fleetforge_api::environment::{EnvironmentPhase, EnvironmentType, Estimate};
 use fleetforge_api::virtual_cluster::VirtualClusterPhase;
 use fleetforge_api::{
-    Cluster, Environment, FIELD_MANAGER, FINALIZER, NodePool, ToolInstall, VirtualCluster,
-    condition, label,
+    Cluster, Environment, FIELD_MANAGER, NodePool, ToolInstall, VirtualCluster, condition, label,
 };
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -491,18 +490,7 @@ async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, k
     if env.metadata.deletion_timestamp.is_some() {
         return finalize(&env, &ctx, &api).await;
     }
-    if !env.finalizers().iter().any(|f| f == FINALIZER) {
-        let patch = json!({
-            "apiVersion": "fleetforge.dev/v1alpha1", "kind": "Environment",
-            "metadata": {"finalizers": [FINALIZER]},
-        });
-        api.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-    }
+    crate::finalizer::ensure(&api, &*env).await?;
     let created = env
         .creation_timestamp()
         .map(|t| t.0)
@@ -836,7 +824,7 @@ async fn finalize(
     ctx: &Context,
     api: &Api<Environment>,
 ) -> Result<Action, kube::Error> {
-    if !env.finalizers().iter().any(|f| f == FINALIZER) {
+    if !crate::finalizer::has(env) {
         return Ok(Action::await_change());
     }
     let namespace = env.namespace().unwrap_or_default();
@@ -852,17 +840,7 @@ async fn finalize(
     if remaining {
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
-    let finalizers: Vec<&String> = env
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .collect();
-    api.patch(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
-    )
-    .await?;
+    crate::finalizer::remove(api, env).await?;
     Ok(Action::await_change())
 }
 

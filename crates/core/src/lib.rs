@@ -8,6 +8,7 @@ pub mod crds;
 pub mod environment;
 pub mod error;
 pub mod events;
+pub mod finalizer;
 pub mod managed;
 pub mod metrics;
 pub mod provider;

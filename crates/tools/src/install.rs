@@ -14,11 +14,12 @@ use fleetforge_api::tool_install::{
 };
 use fleetforge_api::tool_set::ChartSource;
 use fleetforge_api::{
-    Cluster, DriftPolicy, DriftStatus, FIELD_MANAGER, FINALIZER, Tool, ToolInstall, ToolSet,
-    ToolState, VirtualCluster, annotation, condition,
+    Cluster, DriftPolicy, DriftStatus, FIELD_MANAGER, Tool, ToolInstall, ToolSet, ToolState,
+    VirtualCluster, annotation, condition,
 };
 use fleetforge_core::conditions::{self, Desired};
 use fleetforge_core::events::{EventType, Recorder};
+use fleetforge_core::finalizer;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -250,18 +251,7 @@ async fn reconcile(ti: Arc<ToolInstall>, ctx: Arc<Context>) -> Result<Action, Er
     if ti.metadata.deletion_timestamp.is_some() {
         return finalize(&ti, &ctx, &api).await;
     }
-    if !ti.finalizers().iter().any(|f| f == FINALIZER) {
-        let patch = json!({
-            "apiVersion": "fleetforge.dev/v1alpha1", "kind": "ToolInstall",
-            "metadata": {"finalizers": [FINALIZER]},
-        });
-        api.patch(
-            &ti.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-    }
+    finalizer::ensure(&api, &*ti).await?;
     let pass = Pass::new(&ti, &ctx);
     let tools = match pass.declared_tools().await {
         Ok(tools) => tools,
@@ -358,7 +348,7 @@ async fn finalize(
     ctx: &Context,
     api: &Api<ToolInstall>,
 ) -> Result<Action, Error> {
-    if !ti.finalizers().iter().any(|f| f == FINALIZER) {
+    if !finalizer::has(ti) {
         return Ok(Action::await_change());
     }
     let pass = Pass::new(ti, ctx);
@@ -384,13 +374,7 @@ async fn finalize(
             .lock()
             .expect("failures")
             .retain(|key, _| !key.starts_with(&prefix));
-        let finalizers: Vec<&String> = ti.finalizers().iter().filter(|f| *f != FINALIZER).collect();
-        api.patch(
-            &ti.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
-        )
-        .await?;
+        finalizer::remove(api, ti).await?;
         return Ok(Action::await_change());
     }
     let names: Vec<&str> = remaining.iter().map(|r| r.status.name.as_str()).collect();

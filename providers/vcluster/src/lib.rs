@@ -14,11 +14,10 @@ use std::time::Duration;
 
 use fleetforge_api::tool_set::ChartSource;
 use fleetforge_api::virtual_cluster::{VirtualClusterChart, VirtualClusterPhase};
-use fleetforge_api::{
-    Cluster, FIELD_MANAGER, FINALIZER, VirtualCluster, annotation, condition, label,
-};
+use fleetforge_api::{Cluster, FIELD_MANAGER, VirtualCluster, annotation, condition, label};
 use fleetforge_core::conditions::{self, Desired};
 use fleetforge_core::events::{EventType, Recorder};
+use fleetforge_core::finalizer;
 use fleetforge_tools::helm::{self, Helm, OWNER_LABEL, ReleaseRequest};
 use fleetforge_tools::install::values_equal;
 use fleetforge_tools::target::{Connection, Connections, client_from};
@@ -148,18 +147,7 @@ async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Context>) -> Result<Action,
     if vc.spec.paused {
         return Ok(Action::await_change());
     }
-    if !vc.finalizers().iter().any(|f| f == FINALIZER) {
-        let patch = json!({
-            "apiVersion": "fleetforge.dev/v1alpha1", "kind": "VirtualCluster",
-            "metadata": {"finalizers": [FINALIZER]},
-        });
-        api.patch(
-            &vc.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-    }
+    finalizer::ensure(&api, &*vc).await?;
     let outcome = sync(&vc, &ctx).await?;
     for (type_, reason, note) in events(&vc, &outcome) {
         ctx.recorder
@@ -639,7 +627,7 @@ async fn finalize(
     ctx: &Context,
     api: &Api<VirtualCluster>,
 ) -> Result<Action, Error> {
-    if !vc.finalizers().iter().any(|f| f == FINALIZER) {
+    if !finalizer::has(vc) {
         return Ok(Action::await_change());
     }
     let name = vc.name_any();
@@ -736,13 +724,7 @@ async fn finalize(
         Err(kube::Error::Api(status)) if status.code == 404 => {}
         Err(e) => return Err(e.into()),
     }
-    let finalizers: Vec<&String> = vc.finalizers().iter().filter(|f| *f != FINALIZER).collect();
-    api.patch(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
-    )
-    .await?;
+    finalizer::remove(api, vc).await?;
     Ok(Action::await_change())
 }
 
