@@ -7,6 +7,25 @@ use std::process::Command;
 use anyhow::bail;
 use fleetforge_testenv::{ControlPlane, OwnedProcess, tools};
 
+/// A fresh management control plane with fleetforge's CRDs and the
+/// namespace `namespace`, and an admin client of it.
+pub async fn management_plane(namespace: &str) -> anyhow::Result<(ControlPlane, kube::Client)> {
+    let plane = ControlPlane::builder().start().await?;
+    let client = plane.client().await?;
+    fleetforge_core::crds::install(&client).await?;
+    let namespace_object = serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace},
+    });
+    kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .patch(
+            namespace,
+            &kube::api::PatchParams::apply("bench"),
+            &kube::api::Patch::Apply(&namespace_object),
+        )
+        .await?;
+    Ok((plane, client))
+}
+
 /// Starts `fleetforge controller` (the binary next to the running one
 /// unless `binary` names another) against `plane`, without leader
 /// election, its metrics on 127.0.0.1:`port`, local clusters and its log

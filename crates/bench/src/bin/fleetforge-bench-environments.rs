@@ -30,9 +30,9 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use fleetforge_api::environment::EnvironmentPhase;
 use fleetforge_api::{Cluster, Environment, condition};
-use fleetforge_bench::{chart_dir, helm, start_controller};
+use fleetforge_bench::{chart_dir, helm, management_plane, start_controller};
 use fleetforge_e2e::vcluster::SyncerStandIn;
-use fleetforge_testenv::{ControlPlane, OwnedProcess, free_port, pids_mentioning};
+use fleetforge_testenv::{OwnedProcess, free_port, pids_mentioning};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -137,15 +137,7 @@ fn spread(times: &[f64]) -> String {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let work = tempfile::tempdir()?;
-    let plane = ControlPlane::builder().start().await?;
-    let client = plane.client().await?;
-    fleetforge_core::crds::install(&client).await?;
-    apply::<k8s_openapi::api::core::v1::Namespace>(
-        &client,
-        None,
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}),
-    )
-    .await?;
+    let (plane, client) = management_plane(NAMESPACE).await?;
     let port = free_port()?;
     let controller = start_controller(&plane, args.fleetforge.as_deref(), port, work.path())?;
 

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use fleetforge_api::{Cluster, ToolInstall, condition};
-use fleetforge_bench::{chart_dir, helm, start_controller};
-use fleetforge_testenv::{ControlPlane, free_port, pids_mentioning};
+use fleetforge_bench::{chart_dir, helm, management_plane, start_controller};
+use fleetforge_testenv::{free_port, pids_mentioning};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -99,19 +99,7 @@ fn metric(port: u16, name: &str) -> anyhow::Result<f64> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let work = tempfile::tempdir()?;
-    let plane = ControlPlane::builder().start().await?;
-    let client = plane.client().await?;
-    fleetforge_core::crds::install(&client).await?;
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    namespaces
-        .patch(
-            NAMESPACE,
-            &PatchParams::apply("bench"),
-            &Patch::Apply(
-                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}),
-            ),
-        )
-        .await?;
+    let (plane, client) = management_plane(NAMESPACE).await?;
 
     let port = free_port()?;
     let controller = start_controller(&plane, args.fleetforge.as_deref(), port, work.path())?;
