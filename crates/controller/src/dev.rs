@@ -612,12 +612,9 @@ async fn await_environments(client: &Client, timeout: Duration) -> anyhow::Resul
             let status = env.status.clone().unwrap_or_default();
             let phase = status.phase.unwrap_or_default();
             settled &= matches!(phase, EnvironmentPhase::Ready | EnvironmentPhase::Failed);
-            let message = status
-                .conditions
-                .iter()
-                .find(|c| c.type_ == condition::READY)
-                .map(|c| c.message.clone())
-                .unwrap_or_default();
+            let message =
+                fleetforge_core::conditions::message(&status.conditions, condition::READY)
+                    .unwrap_or_default();
             let line = format!("{phase:?} ({message})");
             if last.get(&key) != Some(&line) {
                 say(format!(

@@ -421,11 +421,7 @@ async fn request(client: &Client, namespace: &str, args: RequestArgs) -> anyhow:
     })
     .await?;
     let status = env.status.clone().unwrap_or_default();
-    let message = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == condition::READY)
-        .map(|c| c.message.clone())
+    let message = fleetforge_core::conditions::message(&status.conditions, condition::READY)
         .unwrap_or_default();
     match status.phase {
         Some(EnvironmentPhase::Pending) if args.queue => {
@@ -501,12 +497,9 @@ async fn follow(
         // A status written for an older spec says nothing about this one.
         let current = status.observed_generation == env.metadata.generation;
         if let (Some(phase), true) = (status.phase, current) {
-            let message = status
-                .conditions
-                .iter()
-                .find(|c| c.type_ == condition::READY)
-                .map(|c| c.message.clone())
-                .unwrap_or_default();
+            let message =
+                fleetforge_core::conditions::message(&status.conditions, condition::READY)
+                    .unwrap_or_default();
             let line = format!("{name}: {phase:?} ({message})");
             if line != last {
                 say(&line);

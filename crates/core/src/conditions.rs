@@ -85,6 +85,14 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
         .any(|c| c.type_ == type_ && c.status == "True")
 }
 
+/// The message of the condition of `type_` in `conditions`, if it is there.
+pub fn message<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a str> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.message.as_str())
+}
+
 fn truncate(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
@@ -145,5 +153,20 @@ mod tests {
     #[test]
     fn now_has_whole_seconds() {
         assert_eq!(now().0.subsec_nanosecond(), 0);
+    }
+
+    #[test]
+    fn a_conditions_message_is_found_by_its_type() {
+        let merged = merge(
+            &[],
+            &[
+                Desired::no("Ready", "Provisioning", "waiting for the Cluster"),
+                Desired::yes("Synced", "Synced", "applied"),
+            ],
+            Some(1),
+            &at(10),
+        );
+        assert_eq!(message(&merged, "Ready"), Some("waiting for the Cluster"));
+        assert_eq!(message(&merged, "Drifted"), None);
     }
 }

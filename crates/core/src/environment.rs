@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 
 use crate::conditions::{self, Desired};
 use crate::events::{EventType, Recorder};
+use crate::watch::scoped;
 
 /// Label on an Environment's Cluster or VirtualCluster naming it.
 pub const ENVIRONMENT_LABEL: &str = "fleetforge.dev/environment";
@@ -54,6 +55,8 @@ struct Context {
     client: Client,
     recorder: Recorder,
     options: EnvironmentOptions,
+    /// Every Environment the controller watches (for the per-owner count).
+    environments: reflector::Store<Environment>,
 }
 
 /// Runs the Environment controller until `shutdown` completes.
@@ -62,42 +65,32 @@ pub async fn run(
     options: EnvironmentOptions,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let api: Api<Environment> = match &options.namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    };
-    let (store, events) = crate::watch::changes(api);
+    let scope = options.namespace.as_deref();
+    let (store, events) = crate::watch::changes(scoped::<Environment>(&client, scope));
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), "fleetforge-environments"),
         client: client.clone(),
         options: options.clone(),
+        environments: store.clone(),
     });
-    let scoped_children = |namespace: &Option<String>| -> (Api<VirtualCluster>, Api<Cluster>) {
-        match namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
-        }
-    };
-    let (virtual_clusters, clusters) = scoped_children(&options.namespace);
     // A new environment is Ready when its profile is: the child's profile
     // ToolInstall (labelled with the child's name, which is the
     // environment's) wakes it.
-    let profiles: Api<ToolInstall> = match &options.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
     let profile_of = |install: ToolInstall| {
         let name = install.labels().get(label::PROFILE_OF)?.clone();
         Some(reflector::ObjectRef::<Environment>::new(&name).within(&install.namespace()?))
     };
     Controller::for_stream(events, store)
-        .owns(virtual_clusters, watcher::Config::default())
-        .owns(clusters, watcher::Config::default())
+        .owns(
+            scoped::<VirtualCluster>(&client, scope),
+            watcher::Config::default(),
+        )
+        .owns(
+            scoped::<Cluster>(&client, scope),
+            watcher::Config::default(),
+        )
         .watches(
-            profiles,
+            scoped::<ToolInstall>(&client, scope),
             watcher::Config::default().labels(label::PROFILE_OF),
             profile_of,
         )
@@ -374,6 +367,29 @@ struct Child {
 }
 
 impl Child {
+    fn of_virtual(vc: &VirtualCluster) -> Self {
+        let status = vc.status.clone().unwrap_or_default();
+        let current = status.observed_generation == vc.metadata.generation;
+        Self::from(
+            &status.conditions,
+            conditions::is_true(&status.conditions, condition::READY) && current,
+            status.phase == Some(VirtualClusterPhase::Sleeping),
+            status.phase == Some(VirtualClusterPhase::Failed) && current,
+            "VirtualCluster",
+        )
+    }
+
+    fn of_cluster(cluster: &Cluster) -> Self {
+        let status = cluster.status.clone().unwrap_or_default();
+        Self::from(
+            &status.conditions,
+            conditions::is_true(&status.conditions, condition::READY),
+            false,
+            status.phase == Some(ClusterPhase::Failed),
+            "Cluster",
+        )
+    }
+
     fn from(
         conditions_of: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
         ready: bool,
@@ -381,14 +397,13 @@ impl Child {
         failed: bool,
         kind: &str,
     ) -> Self {
-        let find = |type_: &str| conditions_of.iter().find(|c| c.type_ == type_);
-        let message = if failed {
-            find(condition::SYNCED)
+        let type_ = if failed {
+            condition::SYNCED
         } else {
-            find(condition::READY)
-        }
-        .map(|c| c.message.clone())
-        .unwrap_or_else(|| format!("waiting for the {kind}"));
+            condition::READY
+        };
+        let message = conditions::message(conditions_of, type_)
+            .map_or_else(|| format!("waiting for the {kind}"), str::to_string);
         Self {
             ready,
             sleeping,
@@ -396,40 +411,6 @@ impl Child {
             message,
         }
     }
-}
-
-async fn child_state(env: &Environment, client: &Client) -> Result<Option<Child>, kube::Error> {
-    let namespace = env.namespace().unwrap_or_default();
-    let name = env.name_any();
-    Ok(match env.spec.kind {
-        EnvironmentType::Virtual => Api::<VirtualCluster>::namespaced(client.clone(), &namespace)
-            .get_opt(&name)
-            .await?
-            .map(|vc| {
-                let status = vc.status.unwrap_or_default();
-                let current = status.observed_generation == vc.metadata.generation;
-                Child::from(
-                    &status.conditions,
-                    conditions::is_true(&status.conditions, condition::READY) && current,
-                    status.phase == Some(VirtualClusterPhase::Sleeping),
-                    status.phase == Some(VirtualClusterPhase::Failed) && current,
-                    "VirtualCluster",
-                )
-            }),
-        EnvironmentType::Dedicated => Api::<Cluster>::namespaced(client.clone(), &namespace)
-            .get_opt(&name)
-            .await?
-            .map(|cluster| {
-                let status = cluster.status.unwrap_or_default();
-                Child::from(
-                    &status.conditions,
-                    conditions::is_true(&status.conditions, condition::READY),
-                    false,
-                    status.phase == Some(ClusterPhase::Failed),
-                    "Cluster",
-                )
-            }),
-    })
 }
 
 /// Why a new environment's profile is not there yet, or None when it is
@@ -455,11 +436,9 @@ async fn tools_pending(env: &Environment, client: &Client) -> Result<Option<Stri
     if conditions::is_true(&status.conditions, condition::READY) {
         return Ok(None);
     }
-    let detail = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == condition::READY && !c.message.is_empty())
-        .map(|c| format!(": {}", c.message))
+    let detail = conditions::message(&status.conditions, condition::READY)
+        .filter(|m| !m.is_empty())
+        .map(|m| format!(": {m}"))
         .unwrap_or_default();
     Ok(Some(format!(
         "installing the {profile} profile (ToolInstall {install}){detail}"
@@ -467,11 +446,16 @@ async fn tools_pending(env: &Environment, client: &Client) -> Result<Option<Stri
 }
 
 /// Whether the owner already has `max` older environments in the namespace.
-fn over_quota(env: &Environment, all: &[Environment], max: u32) -> Option<String> {
+fn over_quota<'a>(
+    env: &Environment,
+    all: impl IntoIterator<Item = &'a Environment>,
+    max: u32,
+) -> Option<String> {
     let key = |e: &Environment| (e.creation_timestamp().map(|t| t.0), e.name_any());
     let mine = key(env);
     let older = all
-        .iter()
+        .into_iter()
+        .filter(|e| e.namespace() == env.namespace())
         .filter(|e| e.spec.owner == env.spec.owner && e.metadata.deletion_timestamp.is_none())
         .filter(|e| key(e) < mine)
         .count();
@@ -531,8 +515,8 @@ async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, k
     let until_expiry = Duration::try_from(expires.duration_since(now)).unwrap_or_default();
 
     if let Some(max) = ctx.options.max_per_owner {
-        let all = api.list(&ListParams::default()).await?.items;
-        if let Some(message) = over_quota(&env, &all, max) {
+        let all = ctx.environments.state();
+        if let Some(message) = over_quota(&env, all.iter().map(|e| &**e), max) {
             if env.status.as_ref().and_then(|s| s.phase) != Some(EnvironmentPhase::Pending) {
                 ctx.recorder
                     .publish(
@@ -597,35 +581,35 @@ async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, k
     // Its own field manager: the child's reconciler applies the child's
     // metadata as `fleetforge`, and one manager's apply drops the fields
     // the other set.
+    // The apply answers with the child as it now stands.
     let params = PatchParams::apply(CHILD_MANAGER).force();
-    match env.spec.kind {
-        EnvironmentType::Virtual => {
-            Api::<VirtualCluster>::namespaced(ctx.client.clone(), &namespace)
+    let child = match env.spec.kind {
+        EnvironmentType::Virtual => Child::of_virtual(
+            &Api::<VirtualCluster>::namespaced(ctx.client.clone(), &namespace)
                 .patch(&name, &params, &Patch::Apply(&child))
-                .await?;
-        }
-        EnvironmentType::Dedicated => {
-            Api::<Cluster>::namespaced(ctx.client.clone(), &namespace)
+                .await?,
+        ),
+        EnvironmentType::Dedicated => Child::of_cluster(
+            &Api::<Cluster>::namespaced(ctx.client.clone(), &namespace)
                 .patch(&name, &params, &Patch::Apply(&child))
-                .await?;
-        }
-    }
-    let status = match child_state(&env, &ctx.client).await? {
-        Some(child) if child.failed => Status::failed("ChildFailed", child.message),
-        Some(child) if child.sleeping && idle && !env.spec.sleep => Status::sleeping(format!(
+                .await?,
+        ),
+    };
+    let status = match child {
+        child if child.failed => Status::failed("ChildFailed", child.message),
+        child if child.sleeping && idle && !env.spec.sleep => Status::sleeping(format!(
             "asleep (scaled to zero) after {} idle, last activity at {activity}; `fleetforge env wake {name}` wakes it",
             env.spec.sleep_after.as_deref().unwrap_or_default()
         )),
-        Some(child) if child.sleeping => Status::sleeping(format!(
+        child if child.sleeping => Status::sleeping(format!(
             "asleep (scaled to zero); set spec.sleep to false (`fleetforge env wake {name}`) to wake it"
         )),
-        Some(child) if child.ready && asleep => Status::provisioning("going to sleep".into()),
-        Some(child) if child.ready => match tools_pending(&env, &ctx.client).await? {
+        child if child.ready && asleep => Status::provisioning("going to sleep".into()),
+        child if child.ready => match tools_pending(&env, &ctx.client).await? {
             Some(waiting) => Status::provisioning(waiting),
             None => Status::ready(child.message),
         },
-        Some(child) => Status::provisioning(child.message),
-        None => Status::provisioning("creating".into()),
+        child => Status::provisioning(child.message),
     };
     let settled = matches!(
         status.phase,

@@ -260,15 +260,9 @@ pub async fn run<K: Managed>(
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
     };
-    let (object_store, object_writer) = reflector::store::<K>();
     // Reconcile on what users and we change in spec and metadata; our own
-    // status writes do not trigger another pass (the poll re-observes).
-    let object_events = watcher(objects, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(|obj: &mut K| obj.managed_fields_mut().clear())
-        .reflect(object_writer)
-        .applied_objects()
-        .predicate_filter(trigger_hash::<K>, Default::default());
+    // status writes and create markers do not trigger another pass.
+    let (object_store, object_events) = crate::watch::changes_by(objects, trigger_hash::<K>);
 
     let configs: Api<ProviderConfig> = Api::all(client.clone());
     let config_events = watcher(configs, watcher::Config::default().any_semantic())

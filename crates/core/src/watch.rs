@@ -10,8 +10,21 @@ use futures::Stream;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Resource, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+
+/// The objects of kind K in `namespace`, or in every namespace when None
+/// (a controller started with or without `--namespace`).
+pub fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
 
 /// What in an object triggers a pass: its generation (the spec), its
 /// annotations and finalizers, and whether it is being deleted.
@@ -37,13 +50,28 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
 {
+    changes_by(api, change_hash::<K>)
+}
+
+/// As [`changes`], with `hash` saying what counts as a change.
+pub fn changes_by<K>(
+    api: Api<K>,
+    hash: fn(&K) -> Option<u64>,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
     let (store, writer) = reflector::store::<K>();
     let events = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(|obj: &mut K| obj.managed_fields_mut().clear())
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(change_hash::<K>, Default::default());
+        .predicate_filter(hash, Default::default());
     (store, events)
 }
 

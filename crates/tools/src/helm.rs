@@ -315,10 +315,7 @@ pub async fn releases_in(
     client: &Client,
     namespace: Option<&str>,
 ) -> Result<BTreeMap<(String, String), Release>, HelmError> {
-    let secrets: Api<Secret> = match namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    };
+    let secrets: Api<Secret> = fleetforge_core::watch::scoped(client, namespace);
     let list = secrets
         .list(&ListParams::default().labels("owner=helm,status!=superseded"))
         .await

@@ -20,6 +20,7 @@ use fleetforge_api::{
 use fleetforge_core::conditions::{self, Desired};
 use fleetforge_core::events::{EventType, Recorder};
 use fleetforge_core::finalizer;
+use fleetforge_core::watch::scoped;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams};
@@ -189,17 +190,6 @@ pub async fn run(
         })
         .await;
     Ok(())
-}
-
-fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    K::DynamicType: Default,
-{
-    match namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    }
 }
 
 fn cluster_hash(cluster: &Cluster) -> Option<u64> {

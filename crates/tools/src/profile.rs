@@ -83,10 +83,7 @@ pub async fn run<K: Profiled>(
     namespace: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let objects: Api<K> = match &namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    };
+    let objects: Api<K> = fleetforge_core::watch::scoped(&client, namespace.as_deref());
     let (store, writer) = reflector::store::<K>();
     let events = watcher(objects, watcher::Config::default().any_semantic())
         .default_backoff()

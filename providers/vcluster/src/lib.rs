@@ -83,10 +83,8 @@ pub async fn run(
         management_kubeconfig: options.management_kubeconfig.clone(),
         _work: work,
     });
-    let api: Api<VirtualCluster> = match &options.namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    };
+    let api =
+        fleetforge_core::watch::scoped::<VirtualCluster>(&client, options.namespace.as_deref());
     let (store, events) = fleetforge_core::watch::changes(api);
     Controller::for_stream(events, store)
         .graceful_shutdown_on(shutdown)
@@ -122,6 +120,29 @@ impl Outcome {
             version: None,
             endpoint: None,
             requeue: Duration::from_secs(3),
+        }
+    }
+
+    /// The release matches the spec; looked at again at the poll interval.
+    fn settled(
+        phase: VirtualClusterPhase,
+        ready: Desired,
+        host: String,
+        version: String,
+        endpoint: Option<String>,
+    ) -> Self {
+        Self {
+            phase,
+            ready,
+            synced: Desired::yes(
+                condition::SYNCED,
+                "Synced",
+                "the vcluster release matches the spec",
+            ),
+            host: Some(host),
+            version: Some(version),
+            endpoint,
+            requeue: fleetforge_core::managed::jittered(Duration::from_secs(60), 0.1),
         }
     }
 
@@ -456,23 +477,17 @@ async fn sync(vc: &VirtualCluster, ctx: &Context) -> Result<Outcome, Error> {
         .and_then(Value::as_i64)
         == Some(0)
     {
-        return Ok(Outcome {
-            phase: VirtualClusterPhase::Sleeping,
-            ready: Desired::no(
+        return Ok(Outcome::settled(
+            VirtualClusterPhase::Sleeping,
+            Desired::no(
                 condition::READY,
                 "Sleeping",
                 format!("{name} is asleep: its control plane is scaled to zero"),
             ),
-            synced: Desired::yes(
-                condition::SYNCED,
-                "Synced",
-                "the vcluster release matches the spec",
-            ),
-            host: Some(host_name),
-            version: Some(declared_version),
-            endpoint: None,
-            requeue: fleetforge_core::managed::jittered(Duration::from_secs(60), 0.1),
-        });
+            host_name,
+            declared_version,
+            None,
+        ));
     }
 
     // vcluster writes its kubeconfig once its API serves.
@@ -533,23 +548,17 @@ async fn sync(vc: &VirtualCluster, ctx: &Context) -> Result<Outcome, Error> {
         return Ok(outcome);
     }
     publish_secret(vc, ctx, &kubeconfig).await?;
-    Ok(Outcome {
-        phase: VirtualClusterPhase::Ready,
-        ready: Desired::yes(
+    Ok(Outcome::settled(
+        VirtualClusterPhase::Ready,
+        Desired::yes(
             condition::READY,
             "Available",
             format!("{name} answers at {server}"),
         ),
-        synced: Desired::yes(
-            condition::SYNCED,
-            "Synced",
-            "the vcluster release matches the spec",
-        ),
-        host: Some(host_name),
-        version: Some(declared_version),
-        endpoint: Some(server),
-        requeue: fleetforge_core::managed::jittered(Duration::from_secs(60), 0.1),
-    })
+        host_name,
+        declared_version,
+        Some(server),
+    ))
 }
 
 fn connection_secret_name(vc: &VirtualCluster) -> String {
