@@ -16,7 +16,9 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-const WAIT: Duration = Duration::from_secs(30);
+/// How long a test waits for the engine (a bound on liveness, not a
+/// performance figure: the full suite shares two cores with other tests).
+const WAIT: Duration = Duration::from_secs(90);
 
 /// One engine for one test namespace.
 struct Harness {
