@@ -17,6 +17,7 @@ use fleetforge_e2e::local::{
 use fleetforge_e2e::vcluster::{SyncerStandIn, host_with_syncer};
 use fleetforge_e2e::{await_event, install, workspace_root};
 use fleetforge_testenv::{await_condition, shared};
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -181,6 +182,11 @@ async fn a_virtual_cluster_on_the_management_cluster_needs_its_namespace_to_allo
             let kubeconfig = work.path().join("beside.kubeconfig");
             std::fs::write(&kubeconfig, &secrets.get("beside-kubeconfig").await.unwrap().data.unwrap()["value"].0).unwrap();
             target_client(&kubeconfig).await.apiserver_version().await.expect("the virtual cluster answers");
+            // No namespace deletion will take the control plane's volume
+            // claim here: the StatefulSet is told to delete it with itself.
+            let set = Api::<StatefulSet>::namespaced(client.clone(), &ns).get("beside").await.unwrap();
+            let retention = set.spec.unwrap().persistent_volume_claim_retention_policy.unwrap();
+            assert_eq!(retention.when_deleted.as_deref(), Some("Delete"));
 
             api.delete("beside", &DeleteParams::default()).await.unwrap();
             controller.wait_for(&api, "beside", "the VirtualCluster to go", |vc: Option<&VirtualCluster>| vc.is_none()).await;

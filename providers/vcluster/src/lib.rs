@@ -337,10 +337,13 @@ fn chart_source(chart: Option<&VirtualClusterChart>, charts_dir: &std::path::Pat
     }
 }
 
-/// The chart values: what `sharedTools` needs (the vcluster syncs to the
-/// host what the host's tools serve), with `spec.values` over it.
+/// The chart values: the control plane's volume claim goes with the
+/// vcluster (vcluster's default keeps it, and on the management cluster no
+/// namespace deletion takes it), what `sharedTools` needs (the vcluster
+/// syncs to the host what the host's tools serve), and `spec.values` over
+/// all of it (`retentionPolicy: Retain` there keeps the data).
 fn chart_values(vc: &VirtualCluster) -> Value {
-    let mut shared = json!({});
+    let mut shared = json!({"controlPlane": {"statefulSet": {"persistence": {"volumeClaim": {"retentionPolicy": "Delete"}}}}});
     for tool in &vc.spec.shared_tools {
         let needs = if tool == "cert-manager" {
             json!({"integrations": {"certManager": {"enabled": true}}})
@@ -787,6 +790,7 @@ mod tests {
         assert_eq!(
             chart_values(&vc),
             json!({
+                "controlPlane": {"statefulSet": {"persistence": {"volumeClaim": {"retentionPolicy": "Delete"}}}},
                 "integrations": {"certManager": {"enabled": false}},
                 "sync": {"toHost": {"ingresses": {"enabled": true}}},
             })
