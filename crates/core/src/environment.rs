@@ -3,7 +3,7 @@
 //! profile's tools; it is deleted when its time to live runs out, can be put
 //! to sleep and woken, and a per-owner maximum holds requests back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,6 +57,10 @@ struct Context {
     options: EnvironmentOptions,
     /// Every Environment the controller watches (for the per-owner count).
     environments: reflector::Store<Environment>,
+    /// Clients into virtual environments by kubeconfig Secret
+    /// (`namespace/name`), with the Secret's resourceVersion they were
+    /// built from: rebuilt only when the Secret changes.
+    inside: std::sync::Mutex<HashMap<String, (String, Client)>>,
 }
 
 /// Runs the Environment controller until `shutdown` completes.
@@ -72,6 +76,7 @@ pub async fn run(
         client: client.clone(),
         options: options.clone(),
         environments: store.clone(),
+        inside: std::sync::Mutex::new(HashMap::new()),
     });
     // A new environment is Ready when its profile is: the child's profile
     // ToolInstall (labelled with the child's name, which is the
@@ -269,11 +274,36 @@ fn bedtime(activity: Timestamp, sleep_after: &str) -> Result<Timestamp, String> 
 /// The newest change to workloads inside a virtual environment, read
 /// through its kubeconfig Secret; None when it cannot be read (asleep, not
 /// yet there, unreachable).
-async fn activity_inside(client: &Client, namespace: &str, secret: &str) -> Option<Timestamp> {
-    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
-        .get_opt(secret)
+async fn activity_inside(ctx: &Context, namespace: &str, name: &str) -> Option<Timestamp> {
+    let inside = client_inside(ctx, namespace, name).await?;
+    let mut metas = Vec::new();
+    metas.extend(metadata_of::<Pod>(&inside).await?);
+    metas.extend(metadata_of::<Service>(&inside).await?);
+    metas.extend(metadata_of::<Deployment>(&inside).await?);
+    metas.extend(metadata_of::<StatefulSet>(&inside).await?);
+    newest_change(&metas)
+}
+
+/// The connection Secret of the child `name` (VirtualCluster or Cluster).
+fn kubeconfig_secret(name: &str) -> String {
+    format!("{name}-kubeconfig")
+}
+
+/// A client for the environment whose kubeconfig is Secret `name`: the
+/// cached one while the Secret is unchanged (one read), else built anew.
+async fn client_inside(ctx: &Context, namespace: &str, name: &str) -> Option<Client> {
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(name)
         .await
         .ok()??;
+    let key = format!("{namespace}/{name}");
+    let version = secret.resource_version().unwrap_or_default();
+    let cached = ctx.inside.lock().expect("client cache").get(&key).cloned();
+    if let Some((built_from, client)) = cached {
+        if built_from == version {
+            return Some(client);
+        }
+    }
     let text = secret.data?.get("value")?.0.clone();
     let kubeconfig = kube::config::Kubeconfig::from_yaml(&String::from_utf8_lossy(&text)).ok()?;
     let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
@@ -281,13 +311,12 @@ async fn activity_inside(client: &Client, namespace: &str, secret: &str) -> Opti
         .ok()?;
     config.connect_timeout = Some(Duration::from_secs(5));
     config.read_timeout = Some(Duration::from_secs(10));
-    let inside = Client::try_from(config).ok()?;
-    let mut metas = Vec::new();
-    metas.extend(metadata_of::<Pod>(&inside).await?);
-    metas.extend(metadata_of::<Service>(&inside).await?);
-    metas.extend(metadata_of::<Deployment>(&inside).await?);
-    metas.extend(metadata_of::<StatefulSet>(&inside).await?);
-    newest_change(&metas)
+    let client = Client::try_from(config).ok()?;
+    ctx.inside
+        .lock()
+        .expect("client cache")
+        .insert(key, (version, client.clone()));
+    Some(client)
 }
 
 /// The metadata of every object of one kind, in all namespaces.
@@ -560,8 +589,8 @@ async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, k
     let mut bed = None;
     if let (Some(after), EnvironmentType::Virtual) = (&env.spec.sleep_after, env.spec.kind) {
         if env.status.as_ref().and_then(|s| s.phase) == Some(EnvironmentPhase::Ready) {
-            let secret = format!("{name}-kubeconfig");
-            if let Some(seen) = activity_inside(&ctx.client, &namespace, &secret).await {
+            let secret = kubeconfig_secret(&name);
+            if let Some(seen) = activity_inside(&ctx, &namespace, &secret).await {
                 activity = activity.max(seen);
             }
         }
@@ -761,7 +790,7 @@ async fn write_status(
     }
     fields.insert(
         "kubeconfigSecretRef",
-        json!({"name": format!("{}-kubeconfig", env.name_any())}),
+        json!({"name": kubeconfig_secret(&env.name_any())}),
     );
     if let Some(estimate) = estimate {
         fields.insert("estimate", json!(estimate));
@@ -824,6 +853,10 @@ async fn finalize(
     if remaining {
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
+    ctx.inside
+        .lock()
+        .expect("client cache")
+        .remove(&format!("{namespace}/{}", kubeconfig_secret(&name)));
     crate::finalizer::remove(api, env).await?;
     Ok(Action::await_change())
 }
