@@ -1033,16 +1033,15 @@ impl<'a> Pass<'a> {
         let needs_change = match &observed {
             Observed::AsDeclared => {
                 let release = release.expect("a release is installed");
-                self.ctx
-                    .metrics
-                    .target_reads
-                    .inc_by(object_count(&release.manifest));
                 match connection
                     .objects
                     .drift(&release.manifest, &namespace)
                     .await
                 {
-                    Ok((found, read)) => (drift, seen) = (found, read),
+                    Ok((found, read, reads)) => {
+                        self.ctx.metrics.target_reads.inc_by(reads);
+                        (drift, seen) = (found, read);
+                    }
                     Err(e) => {
                         return ToolOutcome::new(status(
                             ToolState::Unknown,
@@ -1645,10 +1644,6 @@ fn fingerprint(values: &Value, chart: &ChartSource) -> u64 {
     values.to_string().hash(&mut hasher);
     format!("{chart:?}").hash(&mut hasher);
     hasher.finish()
-}
-
-fn object_count(manifest: &str) -> u64 {
-    u64::try_from(crate::live::manifest_objects(manifest).len()).unwrap_or(0)
 }
 
 fn previous_state(before: Option<&TargetStatus>, tool: &str) -> Option<ToolState> {

@@ -1,22 +1,133 @@
 //! What runs on a target: drift of a release's live objects from its
 //! manifest, and the health checks a tool declares.
+//!
+//! Reads are served from what was read before while it is current: one
+//! metadata-only watch per kind and namespace of the releases' objects says
+//! which exist and at which resourceVersion, and an object is read in full
+//! (a GET) only when it changed since, or to confirm that it is gone. In the
+//! steady state drift costs no reads at all.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
 
 use fleetforge_api::tool_set::{HealthCheck, HealthCheckKind};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject};
-use kube::core::GroupVersionKind;
+use kube::core::{GroupVersionKind, PartialObjectMeta};
 use kube::discovery::{ApiCapabilities, Scope};
 use kube::{Client, Resource};
 use serde_json::Value;
 
-/// The API resources of one target, discovered once per kind.
+/// The API resources of one target, discovered once per kind, and its
+/// objects as far as the releases are made of them.
 pub struct Objects {
     client: Client,
     resources: Mutex<HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>>,
+    /// Metadata watches by kind and namespace (empty for cluster-scoped
+    /// kinds), started when a manifest first names them.
+    watches: Mutex<HashMap<(GroupVersionKind, String), Watch>>,
+}
+
+/// What a metadata-only watch knows of one kind in one namespace.
+#[derive(Debug, Default)]
+struct Versions {
+    /// Listed in full and following changes (false until then, and after
+    /// the watch failed, until it has listed again).
+    current: bool,
+    /// resourceVersion by name, of every object there.
+    versions: HashMap<String, String>,
+    /// The same, while a (re)started watch lists.
+    listing: HashMap<String, String>,
+    /// Objects as last read in full (managedFields dropped), by name.
+    read: HashMap<String, Value>,
+}
+
+impl Versions {
+    /// The object as last read, if nothing changed it since.
+    fn unchanged(&self, name: &str) -> Option<Value> {
+        if !self.current {
+            return None;
+        }
+        let version = self.versions.get(name)?;
+        let read = self.read.get(name)?;
+        (read
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            == Some(version.as_str()))
+        .then(|| read.clone())
+    }
+
+    fn follow(
+        &mut self,
+        event: Result<watcher::Event<PartialObjectMeta<DynamicObject>>, watcher::Error>,
+    ) {
+        let identity = |meta: &PartialObjectMeta<DynamicObject>| {
+            Some((
+                meta.metadata.name.clone()?,
+                meta.metadata.resource_version.clone()?,
+            ))
+        };
+        match event {
+            Ok(watcher::Event::Init) => self.listing.clear(),
+            Ok(watcher::Event::InitApply(meta)) => {
+                if let Some((name, version)) = identity(&meta) {
+                    self.listing.insert(name, version);
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                self.versions = std::mem::take(&mut self.listing);
+                let versions = &self.versions;
+                self.read.retain(|name, _| versions.contains_key(name));
+                self.current = true;
+            }
+            Ok(watcher::Event::Apply(meta)) => {
+                if let Some((name, version)) = identity(&meta) {
+                    self.versions.insert(name, version);
+                }
+            }
+            Ok(watcher::Event::Delete(meta)) => {
+                if let Some((name, _)) = identity(&meta) {
+                    self.versions.remove(&name);
+                    self.read.remove(&name);
+                }
+            }
+            Err(_) => self.current = false,
+        }
+    }
+}
+
+/// A metadata-only watch, stopped when dropped (with its target's
+/// connection).
+struct Watch {
+    versions: Arc<Mutex<Versions>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watch {
+    fn start(api: Api<PartialObjectMeta<DynamicObject>>) -> Self {
+        let versions = Arc::new(Mutex::new(Versions::default()));
+        let followed = versions.clone();
+        let task = tokio::spawn(async move {
+            let mut events = watcher::watcher(api, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            while let Some(event) = events.next().await {
+                followed.lock().expect("versions").follow(event);
+            }
+        });
+        Self { versions, task }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl std::fmt::Debug for Objects {
@@ -31,7 +142,30 @@ impl Objects {
         Self {
             client,
             resources: Mutex::new(HashMap::new()),
+            watches: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// What the watch of `gvk` in `namespace` (empty: cluster-scoped)
+    /// knows; the watch is started on first use.
+    fn versions(
+        &self,
+        gvk: &GroupVersionKind,
+        namespace: &str,
+        resource: &ApiResource,
+    ) -> Arc<Mutex<Versions>> {
+        self.watches
+            .lock()
+            .expect("watches")
+            .entry((gvk.clone(), namespace.to_string()))
+            .or_insert_with(|| {
+                Watch::start(match namespace {
+                    "" => Api::all_with(self.client.clone(), resource),
+                    namespace => Api::namespaced_with(self.client.clone(), namespace, resource),
+                })
+            })
+            .versions
+            .clone()
     }
 
     /// The client of the target.
@@ -55,15 +189,18 @@ impl Objects {
     }
 
     /// The differences between a release's manifest and what runs: objects
-    /// deleted, and fields the chart sets that hold another value. One read
-    /// per object; what was read is kept for the health checks.
+    /// deleted, and fields the chart sets that hold another value. An object
+    /// is read only when its watch says it changed (or is gone, to be sure);
+    /// what was compared is kept for the health checks, and the reads made
+    /// are counted.
     pub async fn drift(
         &self,
         manifest: &str,
         namespace: &str,
-    ) -> Result<(Vec<String>, Seen), kube::Error> {
+    ) -> Result<(Vec<String>, Seen, u64), kube::Error> {
         let mut found = Vec::new();
         let mut seen = Seen::default();
+        let mut reads = 0;
         for object in manifest_objects(manifest) {
             let Some((gvk, name, object_namespace)) = identity(&object) else {
                 continue;
@@ -77,10 +214,33 @@ impl Objects {
                 }
             };
             let label = format!("{}/{name}", gvk.kind);
-            match api.get_opt(&name).await? {
+            let versions = self.versions(&gvk, key_namespace, &resource);
+            let known = versions.lock().expect("versions").unchanged(&name);
+            let live = match known {
+                Some(live) => Some(live),
+                None => {
+                    reads += 1;
+                    let read = api.get_opt(&name).await?.map(|live| {
+                        let mut live = serde_json::to_value(&live).unwrap_or(Value::Null);
+                        if let Some(meta) = live.get_mut("metadata").and_then(Value::as_object_mut)
+                        {
+                            meta.remove("managedFields");
+                        }
+                        live
+                    });
+                    if let Some(live) = &read {
+                        versions
+                            .lock()
+                            .expect("versions")
+                            .read
+                            .insert(name.clone(), live.clone());
+                    }
+                    read
+                }
+            };
+            match live {
                 None => found.push(format!("{label}: deleted")),
                 Some(live) => {
-                    let live = serde_json::to_value(&live).unwrap_or(Value::Null);
                     for difference in differences(&object, &live) {
                         found.push(format!("{label} {difference}"));
                     }
@@ -91,7 +251,7 @@ impl Objects {
                 }
             }
         }
-        Ok((found, seen))
+        Ok((found, seen, reads))
     }
 
     /// Why the tool is not healthy yet, one reason per failing check (empty
@@ -422,6 +582,60 @@ fn crd_established(crd: &CustomResourceDefinition) -> Result<(), String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn meta(name: &str, version: &str) -> PartialObjectMeta<DynamicObject> {
+        use kube::core::PartialObjectMetaExt;
+        kube::api::ObjectMeta {
+            name: Some(name.into()),
+            resource_version: Some(version.into()),
+            ..Default::default()
+        }
+        .into_response_partial()
+    }
+
+    fn read(name: &str, version: &str) -> Value {
+        json!({"metadata": {"name": name, "resourceVersion": version}, "spec": {"replicas": 1}})
+    }
+
+    #[test]
+    fn an_object_read_before_is_reused_only_while_its_watch_says_it_is_unchanged() {
+        use watcher::Event;
+        let mut versions = Versions::default();
+        versions.read.insert("web".into(), read("web", "5"));
+        // Until the watch has listed, nothing is trusted.
+        assert_eq!(versions.unchanged("web"), None);
+        versions.follow(Ok(Event::Init));
+        versions.follow(Ok(Event::InitApply(meta("web", "5"))));
+        versions.follow(Ok(Event::InitApply(meta("api", "7"))));
+        assert_eq!(versions.unchanged("web"), None);
+        versions.follow(Ok(Event::InitDone));
+        assert_eq!(versions.unchanged("web"), Some(read("web", "5")));
+        // Never read in full: read it.
+        assert_eq!(versions.unchanged("api"), None);
+
+        // Changed since it was read: read again.
+        versions.follow(Ok(Event::Apply(meta("web", "9"))));
+        assert_eq!(versions.unchanged("web"), None);
+        versions.read.insert("web".into(), read("web", "9"));
+        assert_eq!(versions.unchanged("web"), Some(read("web", "9")));
+
+        // A failed watch is not trusted until it has listed again; what
+        // was not listed again is forgotten.
+        versions.follow(Err(watcher::Error::NoResourceVersion));
+        assert_eq!(versions.unchanged("web"), None);
+        versions.follow(Ok(Event::Init));
+        versions.follow(Ok(Event::InitApply(meta("api", "7"))));
+        versions.follow(Ok(Event::InitDone));
+        assert_eq!(versions.unchanged("web"), None);
+        assert!(versions.read.is_empty());
+
+        // Deleted: gone from both.
+        versions.read.insert("api".into(), read("api", "7"));
+        assert_eq!(versions.unchanged("api"), Some(read("api", "7")));
+        versions.follow(Ok(Event::Delete(meta("api", "8"))));
+        assert_eq!(versions.unchanged("api"), None);
+        assert!(versions.read.is_empty());
+    }
 
     #[test]
     fn defaults_added_by_the_server_are_not_drift() {
