@@ -52,7 +52,10 @@ pub fn start_controller(
         ],
         &[
             ("KUBECONFIG", &plane.kubeconfig_path().display().to_string()),
-            ("RUST_LOG", "info"),
+            (
+                "RUST_LOG",
+                &std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            ),
         ],
         &work.join("controller.log"),
     )?)

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 
 use fleetforge_api::tool_set::{HealthCheck, HealthCheckKind};
@@ -27,6 +26,8 @@ use serde_json::Value;
 /// objects as far as the releases are made of them.
 pub struct Objects {
     client: Client,
+    /// The same target for watches (a read timeout longer than a watch).
+    watch_client: Client,
     resources: Mutex<HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>>,
     /// Metadata watches by kind and namespace (empty for cluster-scoped
     /// kinds), started when a manifest first names them.
@@ -101,8 +102,8 @@ impl Versions {
     }
 }
 
-/// A metadata-only watch, stopped when dropped (with its target's
-/// connection).
+/// A metadata-only watch. It ends at its first error (and is started again
+/// when next needed), and stops when dropped with its target's connection.
 struct Watch {
     versions: Arc<Mutex<Versions>>,
     task: tokio::task::JoinHandle<()>,
@@ -113,11 +114,15 @@ impl Watch {
         let versions = Arc::new(Mutex::new(Versions::default()));
         let followed = versions.clone();
         let task = tokio::spawn(async move {
-            let mut events = watcher::watcher(api, watcher::Config::default())
-                .default_backoff()
-                .boxed();
+            let mut events = watcher::watcher(api, watcher::Config::default()).boxed();
             while let Some(event) = events.next().await {
+                let failed = event.is_err();
                 followed.lock().expect("versions").follow(event);
+                // What happened meanwhile is unknown: end, and let the next
+                // drift check start afresh (reading in full until then).
+                if failed {
+                    break;
+                }
             }
         });
         Self { versions, task }
@@ -137,10 +142,12 @@ impl std::fmt::Debug for Objects {
 }
 
 impl Objects {
-    /// Objects of the target `client` talks to.
-    pub fn new(client: Client) -> Self {
+    /// Objects of the target `client` talks to; `watch_client` is the same
+    /// target with a read timeout fit for watches.
+    pub fn new(client: Client, watch_client: Client) -> Self {
         Self {
             client,
+            watch_client,
             resources: Mutex::new(HashMap::new()),
             watches: Mutex::new(HashMap::new()),
         }
@@ -154,14 +161,20 @@ impl Objects {
         namespace: &str,
         resource: &ApiResource,
     ) -> Arc<Mutex<Versions>> {
-        self.watches
-            .lock()
-            .expect("watches")
-            .entry((gvk.clone(), namespace.to_string()))
+        let key = (gvk.clone(), namespace.to_string());
+        let mut watches = self.watches.lock().expect("watches");
+        // A watch that failed has ended: start again with a fresh list.
+        if watches.get(&key).is_some_and(|w| w.task.is_finished()) {
+            watches.remove(&key);
+        }
+        watches
+            .entry(key)
             .or_insert_with(|| {
                 Watch::start(match namespace {
-                    "" => Api::all_with(self.client.clone(), resource),
-                    namespace => Api::namespaced_with(self.client.clone(), namespace, resource),
+                    "" => Api::all_with(self.watch_client.clone(), resource),
+                    namespace => {
+                        Api::namespaced_with(self.watch_client.clone(), namespace, resource)
+                    }
                 })
             })
             .versions
@@ -220,6 +233,7 @@ impl Objects {
                 Some(live) => Some(live),
                 None => {
                     reads += 1;
+                    tracing::debug!(object = %label, namespace = key_namespace, "reading in full: changed, unknown or gone");
                     let read = api.get_opt(&name).await?.map(|live| {
                         let mut live = serde_json::to_value(&live).unwrap_or(Value::Null);
                         if let Some(meta) = live.get_mut("metadata").and_then(Value::as_object_mut)

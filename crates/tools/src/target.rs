@@ -88,10 +88,11 @@ impl Connections {
         let path = self.dir.join(format!("{namespace}--{name}"));
         write_private(&path, kubeconfig).map_err(|e| format!("writing the kubeconfig: {e}"))?;
         let client = client_from(kubeconfig).await?;
+        let watch_client = client_with(kubeconfig, WATCH_READ_TIMEOUT).await?;
         let connection = Arc::new(Connection {
             fingerprint,
             kubeconfig: path,
-            objects: Objects::new(client),
+            objects: Objects::new(client, watch_client),
         });
         cached.insert(key, connection.clone());
         Ok(connection)
@@ -126,15 +127,27 @@ fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
     file.write_all(content)
 }
 
+/// How long a request may wait for an answer before the target counts as
+/// down.
+const READ_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The same for watches, which are quiet while nothing changes: longer
+/// than the API server's own end of a watch (kube's watcher asks for 290 s).
+const WATCH_READ_TIMEOUT: Duration = Duration::from_secs(295);
+
 /// A client from a kubeconfig, failing fast when the target is down.
 pub async fn client_from(kubeconfig: &[u8]) -> Result<Client, String> {
+    client_with(kubeconfig, READ_TIMEOUT).await
+}
+
+async fn client_with(kubeconfig: &[u8], read_timeout: Duration) -> Result<Client, String> {
     let text = std::str::from_utf8(kubeconfig).map_err(|e| e.to_string())?;
     let parsed = kube::config::Kubeconfig::from_yaml(text).map_err(|e| e.to_string())?;
     let mut config = kube::Config::from_custom_kubeconfig(parsed, &Default::default())
         .await
         .map_err(|e| e.to_string())?;
     config.connect_timeout = Some(Duration::from_secs(5));
-    config.read_timeout = Some(Duration::from_secs(20));
+    config.read_timeout = Some(read_timeout);
     Client::try_from(config).map_err(|e| e.to_string())
 }
 
