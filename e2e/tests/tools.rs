@@ -211,7 +211,14 @@ async fn a_toolset_reaches_every_selected_cluster_and_stays_as_declared() {
             })
             .await;
 
-            // Drift, Correct: a Deployment deleted out of band comes back.
+            // Drift, Correct: a Deployment deleted out of band comes back,
+            // found by the target's watch, not by a poll (there is none
+            // for an hour now).
+            patch_spec(&installs, "web", json!({"pollInterval": "1h"})).await;
+            await_install(&installs, "web", "a pass under the hour's poll", &controller, |ti| {
+                ti.status.as_ref().and_then(|s| s.observed_generation) == ti.metadata.generation && all_deployed(ti, &["web-a", "web-b"])
+            })
+            .await;
             let deployments_a: Api<Deployment> = Api::namespaced(target_a.clone(), "apps");
             deployments_a.delete("web", &DeleteParams::default()).await.unwrap();
             await_event(&client, &ns, "DriftCorrected", "Deployment/web: deleted", &controller).await;
@@ -240,6 +247,7 @@ async fn a_toolset_reaches_every_selected_cluster_and_stays_as_declared() {
             patch_spec(&installs, "web", json!({"driftPolicy": "Correct"})).await;
             await_install(&installs, "web", "the drift corrected", &controller, |ti| all_deployed(ti, &["web-a", "web-b"])).await;
             assert_eq!(deployments_b.get("web").await.unwrap().spec.unwrap().replicas, Some(1));
+            patch_spec(&installs, "web", json!({"pollInterval": "2s"})).await;
 
             // A chart failing on one target fails there only.
             patch_spec(

@@ -104,8 +104,12 @@ pub async fn run(
         std::fs::create_dir_all(work.path().join(dir))
             .map_err(|e| format!("creating the Helm work directory: {e}"))?;
     }
+    // Drift is looked at when it happens, not only at the next poll: the
+    // targets' watches say which target had a compared object change.
+    let (changed, changes) = tokio::sync::mpsc::unbounded_channel::<String>();
     let connections = Connections::new(work.path().join("kubeconfigs"))
-        .map_err(|e| format!("creating the kubeconfig directory: {e}"))?;
+        .map_err(|e| format!("creating the kubeconfig directory: {e}"))?
+        .notifying(changed);
     let context = Arc::new(Context {
         helm: Helm::new(options.helm.clone(), work.path().to_path_buf()),
         charts_dir: options.charts_dir.clone(),
@@ -147,8 +151,29 @@ pub async fn run(
     let by_namespace = store.clone();
     let virtual_by_namespace = store.clone();
     let by_set = store.clone();
+    let by_target = store.clone();
+    let drifted = futures::stream::unfold(changes, |mut changes| async move {
+        changes.recv().await.map(|target| (target, changes))
+    })
+    .flat_map(move |target: String| {
+        let namespace = target.split_once('/').map(|(ns, _)| ns.to_string());
+        futures::stream::iter(
+            by_target
+                .state()
+                .into_iter()
+                .filter(|ti| ti.namespace() == namespace)
+                .map(|ti| ObjectRef::from_obj(&*ti))
+                .collect::<Vec<_>>(),
+        )
+    });
     Controller::for_stream(install_events, store)
-        .with_config(ControllerConfig::default().concurrency(options.concurrency))
+        // A burst of changes (a helm upgrade, a rollout) is one pass.
+        .with_config(
+            ControllerConfig::default()
+                .concurrency(options.concurrency)
+                .debounce(Duration::from_secs(1)),
+        )
+        .reconcile_on(drifted)
         .watches_stream(cluster_events, move |cluster: Cluster| {
             let namespace = cluster.namespace().unwrap_or_default();
             by_namespace

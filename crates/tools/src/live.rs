@@ -28,6 +28,8 @@ pub struct Objects {
     client: Client,
     /// The same target for watches (a read timeout longer than a watch).
     watch_client: Client,
+    /// Told when an object compared before changes or goes.
+    notify: Option<Notify>,
     resources: Mutex<HashMap<GroupVersionKind, (ApiResource, ApiCapabilities)>>,
     /// Metadata watches by kind and namespace (empty for cluster-scoped
     /// kinds), started when a manifest first names them.
@@ -63,41 +65,61 @@ impl Versions {
         .then(|| read.clone())
     }
 
+    /// Takes in what the watch says; true when an object compared before
+    /// has changed or gone since (a drift check is due).
     fn follow(
         &mut self,
         event: Result<watcher::Event<PartialObjectMeta<DynamicObject>>, watcher::Error>,
-    ) {
+    ) -> bool {
         let identity = |meta: &PartialObjectMeta<DynamicObject>| {
             Some((
                 meta.metadata.name.clone()?,
                 meta.metadata.resource_version.clone()?,
             ))
         };
+        let read_at = |read: &HashMap<String, Value>, name: &str| {
+            read.get(name)
+                .and_then(|r| r.pointer("/metadata/resourceVersion"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
         match event {
-            Ok(watcher::Event::Init) => self.listing.clear(),
+            Ok(watcher::Event::Init) => {
+                self.listing.clear();
+                false
+            }
             Ok(watcher::Event::InitApply(meta)) => {
                 if let Some((name, version)) = identity(&meta) {
                     self.listing.insert(name, version);
                 }
+                false
             }
             Ok(watcher::Event::InitDone) => {
                 self.versions = std::mem::take(&mut self.listing);
                 let versions = &self.versions;
                 self.read.retain(|name, _| versions.contains_key(name));
                 self.current = true;
+                false
             }
             Ok(watcher::Event::Apply(meta)) => {
-                if let Some((name, version)) = identity(&meta) {
-                    self.versions.insert(name, version);
-                }
+                let Some((name, version)) = identity(&meta) else {
+                    return false;
+                };
+                let changed = read_at(&self.read, &name).is_some_and(|read| read != version);
+                self.versions.insert(name, version);
+                changed
             }
             Ok(watcher::Event::Delete(meta)) => {
-                if let Some((name, _)) = identity(&meta) {
-                    self.versions.remove(&name);
-                    self.read.remove(&name);
-                }
+                let Some((name, _)) = identity(&meta) else {
+                    return false;
+                };
+                self.versions.remove(&name);
+                self.read.remove(&name).is_some()
             }
-            Err(_) => self.current = false,
+            Err(_) => {
+                self.current = false;
+                false
+            }
         }
     }
 }
@@ -109,15 +131,22 @@ struct Watch {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Where a watch says that a compared object changed: the channel and the
+/// target's key (`namespace/name` of the Cluster or VirtualCluster).
+pub type Notify = (tokio::sync::mpsc::UnboundedSender<String>, String);
+
 impl Watch {
-    fn start(api: Api<PartialObjectMeta<DynamicObject>>) -> Self {
+    fn start(api: Api<PartialObjectMeta<DynamicObject>>, notify: Option<Notify>) -> Self {
         let versions = Arc::new(Mutex::new(Versions::default()));
         let followed = versions.clone();
         let task = tokio::spawn(async move {
             let mut events = watcher::watcher(api, watcher::Config::default()).boxed();
             while let Some(event) = events.next().await {
                 let failed = event.is_err();
-                followed.lock().expect("versions").follow(event);
+                let changed = followed.lock().expect("versions").follow(event);
+                if changed && let Some((changes, target)) = &notify {
+                    let _ = changes.send(target.clone());
+                }
                 // What happened meanwhile is unknown: end, and let the next
                 // drift check start afresh (reading in full until then).
                 if failed {
@@ -143,11 +172,13 @@ impl std::fmt::Debug for Objects {
 
 impl Objects {
     /// Objects of the target `client` talks to; `watch_client` is the same
-    /// target with a read timeout fit for watches.
-    pub fn new(client: Client, watch_client: Client) -> Self {
+    /// target with a read timeout fit for watches; `notify` is told when an
+    /// object compared before changes or goes.
+    pub fn new(client: Client, watch_client: Client, notify: Option<Notify>) -> Self {
         Self {
             client,
             watch_client,
+            notify,
             resources: Mutex::new(HashMap::new()),
             watches: Mutex::new(HashMap::new()),
         }
@@ -170,12 +201,13 @@ impl Objects {
         watches
             .entry(key)
             .or_insert_with(|| {
-                Watch::start(match namespace {
+                let api = match namespace {
                     "" => Api::all_with(self.watch_client.clone(), resource),
                     namespace => {
                         Api::namespaced_with(self.watch_client.clone(), namespace, resource)
                     }
-                })
+                };
+                Watch::start(api, self.notify.clone())
             })
             .versions
             .clone()
@@ -612,7 +644,8 @@ mod tests {
     }
 
     #[test]
-    fn an_object_read_before_is_reused_only_while_its_watch_says_it_is_unchanged() {
+    fn an_object_read_before_is_reused_only_while_its_watch_says_it_is_unchanged_and_a_change_is_news()
+     {
         use watcher::Event;
         let mut versions = Versions::default();
         versions.read.insert("web".into(), read("web", "5"));
@@ -627,9 +660,11 @@ mod tests {
         // Never read in full: read it.
         assert_eq!(versions.unchanged("api"), None);
 
-        // Changed since it was read: read again.
-        versions.follow(Ok(Event::Apply(meta("web", "9"))));
+        // Changed since it was read: read again, and a drift check is due;
+        // a change to what no drift check compared is not a reason.
+        assert!(versions.follow(Ok(Event::Apply(meta("web", "9")))));
         assert_eq!(versions.unchanged("web"), None);
+        assert!(!versions.follow(Ok(Event::Apply(meta("api", "8")))));
         versions.read.insert("web".into(), read("web", "9"));
         assert_eq!(versions.unchanged("web"), Some(read("web", "9")));
 
@@ -643,10 +678,10 @@ mod tests {
         assert_eq!(versions.unchanged("web"), None);
         assert!(versions.read.is_empty());
 
-        // Deleted: gone from both.
+        // Deleted: gone from both, and a drift check is due.
         versions.read.insert("api".into(), read("api", "7"));
         assert_eq!(versions.unchanged("api"), Some(read("api", "7")));
-        versions.follow(Ok(Event::Delete(meta("api", "8"))));
+        assert!(versions.follow(Ok(Event::Delete(meta("api", "8")))));
         assert_eq!(versions.unchanged("api"), None);
         assert!(versions.read.is_empty());
     }

@@ -29,6 +29,8 @@ pub struct Connection {
 #[derive(Debug)]
 pub struct Connections {
     dir: PathBuf,
+    /// Told (with the target's key) when a compared object changes.
+    notify: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     cached: tokio::sync::Mutex<HashMap<String, Arc<Connection>>>,
 }
 
@@ -38,8 +40,17 @@ impl Connections {
         std::fs::create_dir_all(&dir)?;
         Ok(Self {
             dir,
+            notify: None,
             cached: tokio::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Connections whose targets' watches send the target's key
+    /// (`namespace/name`) to `changes` when an object a drift check
+    /// compared changes or goes.
+    pub fn notifying(mut self, changes: tokio::sync::mpsc::UnboundedSender<String>) -> Self {
+        self.notify = Some(changes);
+        self
     }
 
     /// The connection described by key `key` of Secret `secret` in
@@ -92,7 +103,11 @@ impl Connections {
         let connection = Arc::new(Connection {
             fingerprint,
             kubeconfig: path,
-            objects: Objects::new(client, watch_client),
+            objects: Objects::new(
+                client,
+                watch_client,
+                self.notify.clone().map(|changes| (changes, key.clone())),
+            ),
         });
         cached.insert(key, connection.clone());
         Ok(connection)

@@ -23,6 +23,7 @@ use clap::Parser;
 use fleetforge_api::{Cluster, ToolInstall, condition};
 use fleetforge_bench::{chart_dir, helm, management_plane, start_controller};
 use fleetforge_testenv::{free_port, pids_mentioning};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -296,6 +297,33 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "controller RSS {:.0} MiB",
         fleetforge_testenv::rss_bytes(controller.pid()).unwrap_or(0) as f64 / 1048576.0
+    );
+
+    // Drift: a Deployment deleted out of band on the first cluster, until
+    // it is back (found by the target's watch, not the poll).
+    let target = fleetforge_tools::target::client_from(&std::fs::read(&kubeconfigs[0])?)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let deployments: Api<Deployment> = Api::namespaced(target, release_namespace("web"));
+    let before = deployments.get("web").await?.metadata.uid;
+    let started = Instant::now();
+    deployments.delete("web", &DeleteParams::default()).await?;
+    // Back: a Deployment of that name again, a new object.
+    while deployments
+        .get_opt("web")
+        .await?
+        .is_none_or(|d| d.metadata.uid == before)
+    {
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("the deleted Deployment did not come back within 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "a Deployment deleted out of band on {}: back in {:.1}s (pollInterval {}s)",
+        names[0],
+        started.elapsed().as_secs_f64(),
+        args.poll_seconds
     );
 
     // Clean up: uninstall everywhere, delete the clusters.
