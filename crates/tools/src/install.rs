@@ -167,12 +167,7 @@ pub async fn run(
         )
     });
     Controller::for_stream(install_events, store)
-        // A burst of changes (a helm upgrade, a rollout) is one pass.
-        .with_config(
-            ControllerConfig::default()
-                .concurrency(options.concurrency)
-                .debounce(Duration::from_secs(1)),
-        )
+        .with_config(ControllerConfig::default().concurrency(options.concurrency))
         .reconcile_on(drifted)
         .watches_stream(cluster_events, move |cluster: Cluster| {
             let namespace = cluster.namespace().unwrap_or_default();

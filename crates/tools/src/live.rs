@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt;
 use kube::runtime::watcher;
@@ -77,12 +78,6 @@ impl Versions {
                 meta.metadata.resource_version.clone()?,
             ))
         };
-        let read_at = |read: &HashMap<String, Value>, name: &str| {
-            read.get(name)
-                .and_then(|r| r.pointer("/metadata/resourceVersion"))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        };
         match event {
             Ok(watcher::Event::Init) => {
                 self.listing.clear();
@@ -105,7 +100,10 @@ impl Versions {
                 let Some((name, version)) = identity(&meta) else {
                     return false;
                 };
-                let changed = read_at(&self.read, &name).is_some_and(|read| read != version);
+                let changed = self
+                    .read
+                    .get(&name)
+                    .is_some_and(|read| changed_beyond_status(read, &meta.metadata));
                 self.versions.insert(name, version);
                 changed
             }
@@ -122,6 +120,83 @@ impl Versions {
             }
         }
     }
+}
+
+/// The least time between two notifications from one watch: a change is
+/// told at once, later ones within the gap once at its end, so an object
+/// rewritten many times a second does not make a pass of every change.
+const NEWS_GAP: Duration = Duration::from_secs(2);
+
+/// Leading-edge notifications at most once per gap, with the last change
+/// within a gap told at its end (never lost).
+#[derive(Debug)]
+struct Throttle {
+    gap: Duration,
+    quiet_until: Option<tokio::time::Instant>,
+    held: Option<tokio::time::Instant>,
+}
+
+impl Throttle {
+    fn new(gap: Duration) -> Self {
+        Self {
+            gap,
+            quiet_until: None,
+            held: None,
+        }
+    }
+
+    /// A change: true when it is to be told now, else it is held until
+    /// the gap ends.
+    fn now(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        match self.quiet_until {
+            Some(until) if now < until => {
+                self.held.get_or_insert(until);
+                false
+            }
+            _ => {
+                self.quiet_until = Some(now + self.gap);
+                true
+            }
+        }
+    }
+
+    /// When a held change is to be told.
+    fn held(&self) -> Option<tokio::time::Instant> {
+        self.held
+    }
+
+    /// The held change was told.
+    fn released(&mut self) {
+        self.held = None;
+        self.quiet_until = Some(tokio::time::Instant::now() + self.gap);
+    }
+}
+
+/// Whether `now` changed the object `read` in more than its status: its
+/// generation (the spec, for kinds that have one), labels or annotations,
+/// or anything at all for kinds without a generation.
+fn changed_beyond_status(read: &Value, now: &kube::api::ObjectMeta) -> bool {
+    let before = read.get("metadata").unwrap_or(&Value::Null);
+    let text = |key: &str| before.get(key).and_then(Value::as_str);
+    if text("resourceVersion") == now.resource_version.as_deref() {
+        return false;
+    }
+    let generation = before.get("generation").and_then(Value::as_i64);
+    if generation.is_none() || generation != now.generation {
+        return true;
+    }
+    let map = |value: Option<&Value>| {
+        value
+            .filter(|v| !v.is_null())
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({}))
+    };
+    let as_value = |m: &Option<std::collections::BTreeMap<String, String>>| {
+        serde_json::to_value(m.clone().unwrap_or_default()).unwrap_or(Value::Null)
+    };
+    map(before.get("labels")) != as_value(&now.labels)
+        || map(before.get("annotations")) != as_value(&now.annotations)
 }
 
 /// A metadata-only watch. It ends at its first error (and is started again
@@ -141,15 +216,34 @@ impl Watch {
         let followed = versions.clone();
         let task = tokio::spawn(async move {
             let mut events = watcher::watcher(api, watcher::Config::default()).boxed();
-            while let Some(event) = events.next().await {
+            let mut news = Throttle::new(NEWS_GAP);
+            let tell = || {
+                if let Some((changes, target)) = &notify {
+                    let _ = changes.send(target.clone());
+                }
+            };
+            loop {
+                let held = news.held();
+                let event = tokio::select! {
+                    event = events.next() => event,
+                    () = tokio::time::sleep_until(held.unwrap_or_else(tokio::time::Instant::now)), if held.is_some() => {
+                        news.released();
+                        tell();
+                        continue;
+                    }
+                };
+                let Some(event) = event else { break };
                 let failed = event.is_err();
                 let changed = followed.lock().expect("versions").follow(event);
-                if changed && let Some((changes, target)) = &notify {
-                    let _ = changes.send(target.clone());
+                if changed && news.now() {
+                    tell();
                 }
                 // What happened meanwhile is unknown: end, and let the next
                 // drift check start afresh (reading in full until then).
                 if failed {
+                    if news.held().is_some() {
+                        tell();
+                    }
                     break;
                 }
             }
@@ -643,6 +737,27 @@ mod tests {
         json!({"metadata": {"name": name, "resourceVersion": version}, "spec": {"replicas": 1}})
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn news_is_told_at_once_then_at_most_once_per_gap_and_never_lost() {
+        let gap = Duration::from_secs(2);
+        let mut news = Throttle::new(gap);
+        let start = tokio::time::Instant::now();
+        assert!(news.now(), "the first change is told at once");
+        assert_eq!(news.held(), None);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(!news.now(), "within the gap: held");
+        assert!(!news.now(), "and again: still one held");
+        assert_eq!(news.held(), Some(start + gap));
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        news.released();
+        assert_eq!(news.held(), None);
+        assert!(!news.now(), "a new gap began with the release");
+        tokio::time::advance(gap).await;
+        news.released();
+        tokio::time::advance(gap).await;
+        assert!(news.now(), "after a quiet gap, told at once again");
+    }
+
     #[test]
     fn an_object_read_before_is_reused_only_while_its_watch_says_it_is_unchanged_and_a_change_is_news()
      {
@@ -678,10 +793,29 @@ mod tests {
         assert_eq!(versions.unchanged("web"), None);
         assert!(versions.read.is_empty());
 
+        // Only its status changed (same generation, labels, annotations):
+        // read again when next compared, but no reason for a pass.
+        versions.read.insert(
+            "api".into(),
+            json!({"metadata": {"name": "api", "resourceVersion": "8", "generation": 1, "labels": {"app": "api"}}}),
+        );
+        let mut status_only = meta("api", "10");
+        status_only.metadata.generation = Some(1);
+        status_only.metadata.labels = Some([("app".to_string(), "api".to_string())].into());
+        assert!(!versions.follow(Ok(Event::Apply(status_only.clone()))));
+        let mut relabelled = status_only.clone();
+        relabelled.metadata.resource_version = Some("11".into());
+        relabelled.metadata.labels = None;
+        assert!(versions.follow(Ok(Event::Apply(relabelled))));
+        let mut respecified = status_only;
+        respecified.metadata.resource_version = Some("12".into());
+        respecified.metadata.generation = Some(2);
+        assert!(versions.follow(Ok(Event::Apply(respecified))));
+
         // Deleted: gone from both, and a drift check is due.
-        versions.read.insert("api".into(), read("api", "7"));
-        assert_eq!(versions.unchanged("api"), Some(read("api", "7")));
-        assert!(versions.follow(Ok(Event::Delete(meta("api", "8")))));
+        versions.read.insert("api".into(), read("api", "12"));
+        assert_eq!(versions.unchanged("api"), Some(read("api", "12")));
+        assert!(versions.follow(Ok(Event::Delete(meta("api", "13")))));
         assert_eq!(versions.unchanged("api"), None);
         assert!(versions.read.is_empty());
     }
