@@ -715,10 +715,11 @@ impl<'a, K: Managed> Pass<'a, K> {
                 .await?;
                 return Ok(self.poll());
             }
-            if in_sync {
-                self.announce_drift(&fields, "ExternalResourceMissing", "recreating it")
-                    .await;
-            }
+            // Said even when the spec has changed since the last pass (or
+            // this copy of the object predates the status that said so): it
+            // existed, and something outside removed it.
+            self.announce_drift(&fields, "ExternalResourceMissing", "recreating it")
+                .await;
         }
         if let Err(refusal) = provider.validate(self.obj) {
             return self.refuse(&refusal, Phase::Pending, None).await;
