@@ -299,10 +299,10 @@ async fn client_inside(ctx: &Context, namespace: &str, name: &str) -> Option<Cli
     let key = format!("{namespace}/{name}");
     let version = secret.resource_version().unwrap_or_default();
     let cached = ctx.inside.lock().expect("client cache").get(&key).cloned();
-    if let Some((built_from, client)) = cached {
-        if built_from == version {
-            return Some(client);
-        }
+    if let Some((built_from, client)) = cached
+        && built_from == version
+    {
+        return Some(client);
     }
     let text = secret.data?.get("value")?.0.clone();
     let kubeconfig = kube::config::Kubeconfig::from_yaml(&String::from_utf8_lossy(&text)).ok()?;
