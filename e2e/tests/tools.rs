@@ -225,6 +225,24 @@ async fn a_toolset_reaches_every_selected_cluster_and_stays_as_declared() {
             let restored = await_condition(&deployments_a, "web", "web to be restored", WAIT, |d: Option<&Deployment>| d.is_some()).await;
             assert!(restored.is_ok(), "{restored:?}");
 
+            // A CRD from the chart's crds/ (which helm installs once and an
+            // upgrade never puts back) deleted: created again.
+            let crds_a: Api<CustomResourceDefinition> = Api::all(target_a.clone());
+            crds_a.delete("gadgets.e2e.fleetforge.dev", &DeleteParams::default()).await.unwrap();
+            await_event(
+                &client,
+                &ns,
+                "DriftCorrected",
+                "CustomResourceDefinition/gadgets.e2e.fleetforge.dev: deleted (from the chart's crds/)",
+                &controller,
+            )
+            .await;
+            let restored = await_condition(&crds_a, "gadgets.e2e.fleetforge.dev", "gadgets to be restored", WAIT, |c: Option<&CustomResourceDefinition>| {
+                c.is_some_and(|c| c.metadata.deletion_timestamp.is_none())
+            })
+            .await;
+            assert!(restored.is_ok(), "{restored:?}");
+
             // Drift, Report: a scaled Deployment is only reported.
             patch_spec(&installs, "web", json!({"driftPolicy": "Report"})).await;
             let target_b = target_client(&kubeconfig_b).await;

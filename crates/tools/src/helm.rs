@@ -222,6 +222,10 @@ pub struct Release {
     pub values: Value,
     /// The rendered manifest.
     pub manifest: String,
+    /// The chart's `crds/` files, as one multi-document YAML: Helm applies
+    /// them at install only (never upgrades or restores them), and they are
+    /// not in the manifest.
+    pub crds: String,
     /// The labels of the release's storage (`helm --labels` among them).
     pub labels: BTreeMap<String, String>,
 }
@@ -252,6 +256,37 @@ struct StoredInfo {
 #[derive(Deserialize)]
 struct StoredChart {
     metadata: StoredChartMetadata,
+    /// Null (not absent) when the chart has no files.
+    #[serde(default)]
+    files: Option<Vec<StoredFile>>,
+}
+
+/// A file of the stored chart; `data` is base64.
+#[derive(Deserialize)]
+struct StoredFile {
+    name: String,
+    #[serde(default)]
+    data: String,
+}
+
+/// The chart's `crds/*.yaml|yml|json` files (as Helm picks them), joined
+/// into one multi-document YAML.
+fn crds_of(files: &[StoredFile]) -> String {
+    let mut documents = Vec::new();
+    for file in files {
+        let lower = file.name.to_ascii_lowercase();
+        let manifest = [".yaml", ".yml", ".json"]
+            .iter()
+            .any(|e| lower.ends_with(e));
+        if !file.name.starts_with("crds/") || !manifest {
+            continue;
+        }
+        match base64::engine::general_purpose::STANDARD.decode(&file.data) {
+            Ok(bytes) => documents.push(String::from_utf8_lossy(&bytes).into_owned()),
+            Err(e) => tracing::warn!(file = %file.name, "a chart file is not base64: {e}"),
+        }
+    }
+    documents.join("\n---\n")
 }
 
 #[derive(Deserialize)]
@@ -282,9 +317,12 @@ pub fn decode_release(secret: &Secret) -> Result<Release, String> {
     }
     let stored: StoredRelease =
         serde_json::from_slice(&json).map_err(|e| format!("release is not valid JSON: {e}"))?;
-    let (chart_name, chart_version) = stored
+    let (chart_name, chart_version, crds) = stored
         .chart
-        .map(|c| (c.metadata.name, c.metadata.version))
+        .map(|c| {
+            let crds = crds_of(c.files.as_deref().unwrap_or_default());
+            (c.metadata.name, c.metadata.version, crds)
+        })
         .unwrap_or_default();
     Ok(Release {
         name: stored.name,
@@ -299,6 +337,7 @@ pub fn decode_release(secret: &Secret) -> Result<Release, String> {
             Some(values) => values,
         },
         manifest: stored.manifest,
+        crds,
         labels: secret.metadata.labels.clone().unwrap_or_default(),
     })
 }
@@ -375,7 +414,7 @@ mod tests {
         let secret = mk_secret(&json!({
             "name": "web", "namespace": "apps", "version": 3,
             "info": {"status": "deployed", "description": "Upgrade complete"},
-            "chart": {"metadata": {"name": "web", "version": "0.2.0"}, "templates": []},
+            "chart": {"metadata": {"name": "web", "version": "0.2.0"}, "templates": [], "files": null},
             "config": {"replicas": 2},
             "manifest": "---\nkind: ConfigMap\n",
         }));
@@ -386,6 +425,31 @@ mod tests {
         assert_eq!(release.values, json!({"replicas": 2}));
         assert_eq!(release.manifest, "---\nkind: ConfigMap\n");
         assert_eq!(release.labels["owner"], "helm");
+        assert_eq!(release.crds, "");
+    }
+
+    #[test]
+    fn a_charts_crds_directory_is_kept_apart_from_its_manifest() {
+        let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+        let secret = mk_secret(&json!({
+            "name": "widgets", "namespace": "widgets", "version": 1,
+            "chart": {
+                "metadata": {"name": "widgets", "version": "0.1.0"},
+                "files": [
+                    {"name": "crds/gadgets.yaml", "data": b64("kind: CustomResourceDefinition\nmetadata:\n  name: gadgets.example.com\n")},
+                    {"name": "crds/README.md", "data": b64("not a manifest")},
+                    {"name": "files/crds.yaml", "data": b64("kind: ConfigMap\n")},
+                    {"name": "crds/gizmos.JSON", "data": b64("{\"kind\": \"CustomResourceDefinition\"}")},
+                ],
+            },
+            "manifest": "---\nkind: Deployment\n",
+        }));
+        let release = decode_release(&secret).unwrap();
+        assert_eq!(
+            release.crds,
+            "kind: CustomResourceDefinition\nmetadata:\n  name: gadgets.example.com\n\n---\n{\"kind\": \"CustomResourceDefinition\"}"
+        );
+        assert_eq!(release.manifest, "---\nkind: Deployment\n");
     }
 
     #[test]

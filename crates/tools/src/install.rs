@@ -1050,17 +1050,18 @@ impl<'a> Pass<'a> {
         let observed = observe(release, &desired, &tool.chart);
         let mut drift = Vec::new();
         let mut seen = Seen::default();
+        let mut missing_crds = Vec::new();
         let needs_change = match &observed {
             Observed::AsDeclared => {
                 let release = release.expect("a release is installed");
                 match connection
                     .objects
-                    .drift(&release.manifest, &namespace)
+                    .drift(&release.manifest, &release.crds, &namespace)
                     .await
                 {
-                    Ok((found, read, reads)) => {
-                        self.ctx.metrics.target_reads.inc_by(reads);
-                        (drift, seen) = (found, read);
+                    Ok(found) => {
+                        self.ctx.metrics.target_reads.inc_by(found.reads);
+                        (drift, seen, missing_crds) = (found.found, found.seen, found.missing_crds);
                     }
                     Err(e) => {
                         return ToolOutcome::new(status(
@@ -1157,6 +1158,13 @@ impl<'a> Pass<'a> {
             return outcome;
         }
 
+        // Helm puts back what its templates made, not its crds/.
+        if let Err(e) = connection.objects.restore(&missing_crds).await {
+            return ToolOutcome::new(status(
+                ToolState::Failed,
+                Some(format!("restoring the chart's crds/: {e}")),
+            ));
+        }
         let labels: BTreeMap<String, String> =
             [(OWNER_LABEL.to_string(), self.owner.clone())].into();
         let request = ReleaseRequest {
@@ -1777,6 +1785,7 @@ mod tests {
             chart_version: version.into(),
             values,
             manifest: String::new(),
+            crds: String::new(),
             labels: BTreeMap::new(),
         }
     }

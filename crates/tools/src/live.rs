@@ -327,20 +327,29 @@ impl Objects {
         Ok(found)
     }
 
-    /// The differences between a release's manifest and what runs: objects
-    /// deleted, and fields the chart sets that hold another value. An object
-    /// is read only when its watch says it changed (or is gone, to be sure);
-    /// what was compared is kept for the health checks, and the reads made
-    /// are counted.
+    /// The differences between a release and what runs: objects of its
+    /// manifest deleted or holding other values in fields the chart sets,
+    /// and objects of its chart's `crds/` deleted (only their presence is
+    /// checked: Helm never upgrades them). An object is read only when its
+    /// watch says it changed (or is gone, to be sure); what was compared is
+    /// kept for the health checks, and the reads made are counted.
     pub async fn drift(
         &self,
         manifest: &str,
+        crds: &str,
         namespace: &str,
-    ) -> Result<(Vec<String>, Seen, u64), kube::Error> {
-        let mut found = Vec::new();
-        let mut seen = Seen::default();
-        let mut reads = 0;
-        for object in manifest_objects(manifest) {
+    ) -> Result<Drift, kube::Error> {
+        let mut drift = Drift::default();
+        let crds = if crds.trim().is_empty() {
+            Vec::new()
+        } else {
+            manifest_objects(crds)
+        };
+        let objects = manifest_objects(manifest)
+            .into_iter()
+            .map(|object| (object, true))
+            .chain(crds.into_iter().map(|object| (object, false)));
+        for (object, compared) in objects {
             let Some((gvk, name, object_namespace)) = identity(&object) else {
                 continue;
             };
@@ -358,7 +367,7 @@ impl Objects {
             let live = match known {
                 Some(live) => Some(live),
                 None => {
-                    reads += 1;
+                    drift.reads += 1;
                     tracing::debug!(object = %label, namespace = key_namespace, "reading in full: changed, unknown or gone");
                     let read = api.get_opt(&name).await?.map(|live| {
                         let mut live = serde_json::to_value(&live).unwrap_or(Value::Null);
@@ -379,19 +388,53 @@ impl Objects {
                 }
             };
             match live {
-                None => found.push(format!("{label}: deleted")),
+                None if compared => drift.found.push(format!("{label}: deleted")),
+                None => {
+                    drift
+                        .found
+                        .push(format!("{label}: deleted (from the chart's crds/)"));
+                    drift.missing_crds.push(object);
+                }
                 Some(live) => {
-                    for difference in differences(&object, &live) {
-                        found.push(format!("{label} {difference}"));
+                    if compared {
+                        for difference in differences(&object, &live) {
+                            drift.found.push(format!("{label} {difference}"));
+                        }
                     }
-                    seen.0.insert(
+                    drift.seen.0.insert(
                         (gvk.kind.clone(), key_namespace.to_string(), name.clone()),
                         live,
                     );
                 }
             }
         }
-        Ok((found, seen, reads))
+        Ok(drift)
+    }
+
+    /// Creates again the objects of a chart's `crds/` that are gone: Helm
+    /// applies them at install only, so an upgrade would not.
+    pub async fn restore(&self, objects: &[Value]) -> Result<(), kube::Error> {
+        for object in objects {
+            let Some((gvk, _, object_namespace)) = identity(object) else {
+                continue;
+            };
+            let (resource, capabilities) = self.resource(&gvk).await?;
+            let api: Api<DynamicObject> = match (capabilities.scope, object_namespace) {
+                (Scope::Namespaced, Some(namespace)) => {
+                    Api::namespaced_with(self.client.clone(), &namespace, &resource)
+                }
+                _ => Api::all_with(self.client.clone(), &resource),
+            };
+            let wanted: DynamicObject =
+                serde_json::from_value(object.clone()).map_err(kube::Error::SerdeError)?;
+            match api.create(&kube::api::PostParams::default(), &wanted).await {
+                Ok(_) => {}
+                // Put back meanwhile (by someone, or an earlier pass).
+                Err(kube::Error::Api(status)) if status.code == 409 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Why the tool is not healthy yet, one reason per failing check (empty
@@ -449,6 +492,19 @@ impl Objects {
         }
         Ok((reasons, reads))
     }
+}
+
+/// What a drift check found.
+#[derive(Debug, Default)]
+pub struct Drift {
+    /// The differences, one line each (`Deployment/web: deleted`).
+    pub found: Vec<String>,
+    /// What was compared, for the health checks.
+    pub seen: Seen,
+    /// Reads of the target made for it.
+    pub reads: u64,
+    /// Objects of the chart's `crds/` that are gone, to be created again.
+    pub missing_crds: Vec<Value>,
 }
 
 /// Objects read from a target in this pass, by kind, namespace (empty for
