@@ -26,6 +26,50 @@ pub async fn management_plane(namespace: &str) -> anyhow::Result<(ControlPlane, 
     Ok((plane, client))
 }
 
+/// Server-side applies `object` (kind `K`) as the benchmark, in
+/// `namespace` or cluster-wide.
+pub async fn apply<K>(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    object: serde_json::Value,
+) -> anyhow::Result<()>
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    use anyhow::Context;
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let resource = kube::api::ApiResource::erase::<K>(&());
+    let api: kube::Api<kube::api::DynamicObject> = match namespace {
+        Some(namespace) => kube::Api::namespaced_with(client.clone(), namespace, &resource),
+        None => kube::Api::all_with(client.clone(), &resource),
+    };
+    api.patch(
+        &name,
+        &kube::api::PatchParams::apply("bench").force(),
+        &kube::api::Patch::Apply(&object),
+    )
+    .await
+    .with_context(|| format!("applying {name}"))?;
+    Ok(())
+}
+
+/// The ProviderConfig `local` both benchmarks' clusters use.
+pub async fn local_provider_config(client: &kube::Client) -> anyhow::Result<()> {
+    apply::<fleetforge_api::ProviderConfig>(
+        client,
+        None,
+        serde_json::json!({
+            "apiVersion": "fleetforge.dev/v1alpha1", "kind": "ProviderConfig",
+            "metadata": {"name": "local"},
+            "spec": {"provider": "local", "pollInterval": "60s", "defaults": {"region": "local"}},
+        }),
+    )
+    .await
+}
+
 /// Starts `fleetforge controller` (the binary next to the running one
 /// unless `binary` names another) against `plane`, without leader
 /// election, its metrics on 127.0.0.1:`port`, local clusters and its log

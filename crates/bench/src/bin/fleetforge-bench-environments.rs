@@ -30,13 +30,14 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use fleetforge_api::environment::EnvironmentPhase;
 use fleetforge_api::{Cluster, Environment, condition};
-use fleetforge_bench::{chart_dir, helm, management_plane, start_controller};
+use fleetforge_bench::{
+    apply, chart_dir, helm, local_provider_config, management_plane, start_controller,
+};
 use fleetforge_e2e::vcluster::SyncerStandIn;
 use fleetforge_testenv::{OwnedProcess, free_port, pids_mentioning};
 use k8s_openapi::api::core::v1::Secret;
-use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use serde_json::{Value, json};
+use serde_json::json;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -52,29 +53,6 @@ const NAMESPACE: &str = "bench";
 
 /// Server-side applies `object` of kind K, in `namespace` (None for
 /// cluster-scoped kinds).
-async fn apply<K>(client: &Client, namespace: Option<&str>, object: Value) -> anyhow::Result<()>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let name = object["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let resource = kube::api::ApiResource::erase::<K>(&());
-    let api: Api<kube::api::DynamicObject> = match namespace {
-        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
-        None => Api::all_with(client.clone(), &resource),
-    };
-    api.patch(
-        &name,
-        &PatchParams::apply("bench").force(),
-        &Patch::Apply(&object),
-    )
-    .await
-    .with_context(|| format!("applying {name}"))?;
-    Ok(())
-}
-
 /// Resident memory of every process of the virtual clusters' API servers.
 fn virtual_rss(dir: &Path) -> u64 {
     pids_mentioning(&dir.display().to_string())
@@ -142,16 +120,7 @@ async fn main() -> anyhow::Result<()> {
     let controller = start_controller(&plane, args.fleetforge.as_deref(), port, work.path())?;
 
     // The host: one real local cluster, with the syncer stand-in on it.
-    apply::<fleetforge_api::ProviderConfig>(
-        &client,
-        None,
-        json!({
-            "apiVersion": "fleetforge.dev/v1alpha1", "kind": "ProviderConfig",
-            "metadata": {"name": "local"},
-            "spec": {"provider": "local", "pollInterval": "60s", "defaults": {"region": "local"}},
-        }),
-    )
-    .await?;
+    local_provider_config(&client).await?;
     apply::<Cluster>(&client, Some(NAMESPACE), json!({
         "apiVersion": "fleetforge.dev/v1alpha1", "kind": "Cluster",
         "metadata": {"name": "host"},

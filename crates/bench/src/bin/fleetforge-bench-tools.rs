@@ -21,12 +21,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use fleetforge_api::{Cluster, ToolInstall, condition};
-use fleetforge_bench::{chart_dir, helm, management_plane, start_controller};
+use fleetforge_bench::{
+    apply, chart_dir, helm, local_provider_config, management_plane, start_controller,
+};
 use fleetforge_testenv::{free_port, pids_mentioning};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
-use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::json;
 
 #[derive(Debug, Parser)]
@@ -58,31 +59,6 @@ fn release_namespace(chart: &str) -> &'static str {
     }
 }
 
-async fn apply(
-    client: &Client,
-    resource: &kube::api::ApiResource,
-    namespaced: bool,
-    object: serde_json::Value,
-) -> anyhow::Result<()> {
-    let name = object["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let api: Api<kube::api::DynamicObject> = if namespaced {
-        Api::namespaced_with(client.clone(), NAMESPACE, resource)
-    } else {
-        Api::all_with(client.clone(), resource)
-    };
-    api.patch(
-        &name,
-        &PatchParams::apply("bench").force(),
-        &Patch::Apply(&object),
-    )
-    .await
-    .with_context(|| format!("applying {name}"))?;
-    Ok(())
-}
-
 fn metric(port: u16, name: &str) -> anyhow::Result<f64> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
@@ -105,22 +81,10 @@ async fn main() -> anyhow::Result<()> {
     let port = free_port()?;
     let controller = start_controller(&plane, args.fleetforge.as_deref(), port, work.path())?;
 
-    let provider = kube::api::ApiResource::erase::<fleetforge_api::ProviderConfig>(&());
-    apply(
-        &client,
-        &provider,
-        false,
-        json!({
-            "apiVersion": "fleetforge.dev/v1alpha1", "kind": "ProviderConfig",
-            "metadata": {"name": "local"},
-            "spec": {"provider": "local", "pollInterval": "60s", "defaults": {"region": "local"}},
-        }),
-    )
-    .await?;
+    local_provider_config(&client).await?;
     let names: Vec<String> = (0..args.clusters).map(|i| format!("c{i:02}")).collect();
-    let cluster_resource = kube::api::ApiResource::erase::<Cluster>(&());
     for name in &names {
-        apply(&client, &cluster_resource, true, json!({
+        apply::<Cluster>(&client, Some(NAMESPACE), json!({
             "apiVersion": "fleetforge.dev/v1alpha1", "kind": "Cluster",
             "metadata": {"name": name, "labels": {"bench": "tools"}},
             "spec": {"providerConfigRef": {"name": "local"}, "version": "1.36",
@@ -222,9 +186,8 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // fleetforge: the same charts as one ToolSet, onto every cluster.
-    let set = kube::api::ApiResource::erase::<fleetforge_api::ToolSet>(&());
     let chart = |c: &str| json!({"path": chart_dir(c).display().to_string()});
-    apply(&client, &set, false, json!({
+    apply::<fleetforge_api::ToolSet>(&client, None, json!({
         "apiVersion": "fleetforge.dev/v1alpha1", "kind": "ToolSet",
         "metadata": {"name": "bench"},
         "spec": {"tools": [
@@ -237,10 +200,9 @@ async fn main() -> anyhow::Result<()> {
         ]},
     }))
     .await?;
-    let install = kube::api::ApiResource::erase::<ToolInstall>(&());
     let reads_before = metric(port, "fleetforge_tool_target_reads_total")?;
     let started = Instant::now();
-    apply(&client, &install, true, json!({
+    apply::<ToolInstall>(&client, Some(NAMESPACE), json!({
         "apiVersion": "fleetforge.dev/v1alpha1", "kind": "ToolInstall",
         "metadata": {"name": "bench"},
         "spec": {"toolSetRef": {"name": "bench"}, "targets": {"clusterSelector": {"matchLabels": {"bench": "tools"}}},
