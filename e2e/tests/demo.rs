@@ -38,6 +38,17 @@ fn kubeconfig_from(stdout: &str) -> PathBuf {
         .into()
 }
 
+/// The columns of the row for `name` in a table as kubectl or the CLI
+/// prints it.
+fn row_of<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
+    table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("no row for {name}:\n{table}"))
+        .split_whitespace()
+        .collect()
+}
+
 /// Polls `check` every 500 ms until it returns Some, or panics after
 /// `limit` saying what it waited for and what it saw last.
 fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
@@ -272,12 +283,7 @@ fn the_demo_runs_the_platform_on_local_clusters() {
     // The platform repo's own environment is Ready, its kubeconfig written
     // next to the clusters', its profile installed.
     let environments = kubectl(&management, &["get", "environments", "-n", "platform"]);
-    let row: Vec<&str> = environments
-        .lines()
-        .find(|l| l.starts_with("demo "))
-        .unwrap_or_else(|| panic!("no row for demo:\n{environments}"))
-        .split_whitespace()
-        .collect();
+    let row = row_of(&environments, "demo");
     assert_eq!(
         &row[1..4],
         ["dedicated", "platform-team", "Ready"],
@@ -523,12 +529,7 @@ fn the_demo_runs_the_platform_on_local_clusters() {
         ],
     );
     let listed = String::from_utf8(env(&["list"]).stdout).unwrap();
-    let row: Vec<&str> = listed
-        .lines()
-        .find(|l| l.starts_with("mine "))
-        .unwrap_or_else(|| panic!("{listed}"))
-        .split_whitespace()
-        .collect();
+    let row = row_of(&listed, "mine");
     assert_eq!(
         (row[1], row[2], row[3]),
         ("dedicated", whoami.as_str(), "Ready"),

@@ -538,17 +538,6 @@ where
     {
         return Ok(Some(object));
     }
-    get::<K>(client, namespace, name).await
-}
-
-async fn get<K>(client: &Client, namespace: &str, name: &str) -> Result<Option<K>, kube::Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
     Api::<K>::namespaced(client.clone(), namespace)
         .get_opt(name)
         .await
