@@ -98,8 +98,9 @@ impl Connections {
         }
         let path = self.dir.join(format!("{namespace}--{name}"));
         write_private(&path, kubeconfig).map_err(|e| format!("writing the kubeconfig: {e}"))?;
-        let client = client_from(kubeconfig).await?;
-        let watch_client = client_with(kubeconfig, WATCH_READ_TIMEOUT).await?;
+        let config = config_from(kubeconfig).await?;
+        let client = client_with(config.clone(), READ_TIMEOUT)?;
+        let watch_client = client_with(config, WATCH_READ_TIMEOUT)?;
         let connection = Arc::new(Connection {
             fingerprint,
             kubeconfig: path,
@@ -152,15 +153,18 @@ const WATCH_READ_TIMEOUT: Duration = Duration::from_secs(295);
 
 /// A client from a kubeconfig, failing fast when the target is down.
 pub async fn client_from(kubeconfig: &[u8]) -> Result<Client, String> {
-    client_with(kubeconfig, READ_TIMEOUT).await
+    client_with(config_from(kubeconfig).await?, READ_TIMEOUT)
 }
 
-async fn client_with(kubeconfig: &[u8], read_timeout: Duration) -> Result<Client, String> {
+async fn config_from(kubeconfig: &[u8]) -> Result<kube::Config, String> {
     let text = std::str::from_utf8(kubeconfig).map_err(|e| e.to_string())?;
     let parsed = kube::config::Kubeconfig::from_yaml(text).map_err(|e| e.to_string())?;
-    let mut config = kube::Config::from_custom_kubeconfig(parsed, &Default::default())
+    kube::Config::from_custom_kubeconfig(parsed, &Default::default())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+fn client_with(mut config: kube::Config, read_timeout: Duration) -> Result<Client, String> {
     config.connect_timeout = Some(Duration::from_secs(5));
     config.read_timeout = Some(read_timeout);
     Client::try_from(config).map_err(|e| e.to_string())
