@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod common;
 pub mod environment;
 pub mod provider_config;
+pub mod schema;
 pub mod tool_install;
 pub mod tool_set;
 pub mod virtual_cluster;
@@ -34,6 +35,9 @@ pub const VERSION: &str = "v1alpha1";
 pub const FIELD_MANAGER: &str = "fleetforge";
 /// The finalizer that keeps an object until its external resource is gone.
 pub const FINALIZER: &str = "fleetforge.dev/finalizer";
+/// The finalizer that keeps a ProviderConfig while objects use it, so that
+/// they can still reach their account to be deleted.
+pub const IN_USE_FINALIZER: &str = "fleetforge.dev/in-use";
 
 /// Annotations with a meaning to fleetforge.
 pub mod annotation {
@@ -46,9 +50,13 @@ pub mod annotation {
     pub const CREATE_SUCCEEDED: &str = "fleetforge.dev/create-succeeded";
     /// When the last create call failed.
     pub const CREATE_FAILED: &str = "fleetforge.dev/create-failed";
-    /// On a ToolInstall, `"true"`: targets that cannot be reached are
-    /// dropped without uninstalling (on deletion, or when they leave the
-    /// selection), so that the finalizer never hangs on a lost cluster.
+    /// `"true"` lets an object go without cleaning up what cannot be
+    /// reached, so that its finalizer never hangs on a lost account or
+    /// cluster. On a ToolInstall: targets that cannot be reached are dropped
+    /// without uninstalling (on deletion, or when they leave the
+    /// selection). On a Cluster being deleted: the finalizer is dropped
+    /// without deleting the external cluster, with a Warning event naming
+    /// what may be left behind.
     pub const FORCE_REMOVE: &str = "fleetforge.dev/force-remove";
 }
 
@@ -73,4 +81,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         ToolInstall::crd(),
         Environment::crd(),
     ]
+    .into_iter()
+    .map(schema::with_kubernetes_formats)
+    .collect()
 }
