@@ -23,6 +23,7 @@ use crate::common::{
     status = "ClusterStatus",
     shortname = "ffc",
     category = "fleetforge",
+    selectable = ".spec.providerConfigRef.name",
     printcolumn(name = "PROVIDER", type_ = "string", json_path = ".status.provider"),
     printcolumn(name = "REGION", type_ = "string", json_path = ".status.region"),
     printcolumn(name = "VERSION", type_ = "string", json_path = ".status.version"),

@@ -135,6 +135,9 @@ pub mod condition {
     /// The external resource differs from the spec by a change made outside
     /// fleetforge.
     pub const DRIFTED: &str = "Drifted";
+    /// On a ProviderConfig: objects use the account, so it is kept (its
+    /// deletion waits) until none does.
+    pub const IN_USE: &str = "InUse";
 }
 
 /// The schema of a condition list: a list-map keyed by `type`, so that
@@ -155,4 +158,36 @@ pub(crate) fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::S
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true,
     })
+}
+
+/// The operators a label selector requirement may use.
+pub const SELECTOR_OPERATORS: [&str; 4] = ["In", "NotIn", "Exists", "DoesNotExist"];
+
+/// The schema of a label selector, refusing at admission what Kubernetes
+/// cannot parse: an operator other than [`SELECTOR_OPERATORS`] (the enum
+/// names the field and the allowed values), values with `Exists` or
+/// `DoesNotExist`, none with `In` or `NotIn`. The lists are bounded so the
+/// rule's cost is known.
+pub(crate) fn label_selector_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    let mut schema =
+        serde_json::to_value(<LabelSelector>::json_schema(generator)).expect("a schema serialises");
+    // Used for optional fields: null is as good as absent.
+    schema["nullable"] = true.into();
+    if let Some(labels) = schema.pointer_mut("/properties/matchLabels") {
+        labels["maxProperties"] = 64.into();
+    }
+    if let Some(expressions) = schema.pointer_mut("/properties/matchExpressions") {
+        expressions["maxItems"] = 32.into();
+        let requirement = &mut expressions["items"];
+        requirement["properties"]["operator"]["enum"] = serde_json::json!(SELECTOR_OPERATORS);
+        requirement["properties"]["key"]["maxLength"] = 317.into();
+        requirement["properties"]["values"]["maxItems"] = 64.into();
+        requirement["properties"]["values"]["items"]["maxLength"] = 63.into();
+        requirement["x-kubernetes-validations"] = serde_json::json!([{
+            "rule": "self.operator == 'In' || self.operator == 'NotIn' ? has(self.values) && size(self.values) > 0 : !has(self.values) || size(self.values) == 0",
+            "message": "In and NotIn need at least one value; Exists and DoesNotExist take none",
+        }]);
+    }
+    schemars::Schema::try_from(schema).expect("a selector schema is an object")
 }

@@ -68,7 +68,10 @@ pub struct EnvironmentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = crate::common::DURATION_PATTERN))]
     pub sleep_after: Option<String>,
-    /// Sleep now (true) or wake (false) a virtual environment.
+    /// Sleep now (true) or wake (false). A virtual environment's vcluster
+    /// is scaled to zero; a dedicated one's node pools go to zero nodes
+    /// (its control plane and what is installed stay) and come back on
+    /// wake.
     #[serde(default)]
     pub sleep: bool,
     /// Settings of a dedicated environment's Cluster.
@@ -187,4 +190,9 @@ pub struct Estimate {
     /// Memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<Quantity>,
+    /// Node pools whose machine type is not in fleetforge's size table, as
+    /// `nodePools[<name>].machineType: <type>`. They are left out of the
+    /// figures above; the environment is provisioned all the same.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unknown: Vec<String>,
 }

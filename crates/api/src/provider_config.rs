@@ -29,6 +29,7 @@ use crate::common::{SecretKeySelector, conditions_schema};
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
+    printcolumn(name = "USERS", type_ = "integer", json_path = ".status.users"),
     printcolumn(
         name = "AGE",
         type_ = "date",
@@ -209,11 +210,17 @@ pub struct NopSettings {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderConfigStatus {
-    /// `Ready`: the credentials were read and the provider client built.
+    /// `Ready`: the credentials were read and the provider client built;
+    /// `InUse`: which objects use the account.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
     /// The generation these conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// How many Clusters use this account. While any does, deleting the
+    /// ProviderConfig waits (the `fleetforge.dev/in-use` finalizer), and the
+    /// `InUse` condition names them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<i32>,
 }

@@ -132,6 +132,7 @@ pub struct Targets {
     pub cluster_names: Option<Vec<String>>,
     /// Clusters by label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::common::label_selector_schema")]
     pub cluster_selector: Option<LabelSelector>,
     /// VirtualClusters by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,6 +140,7 @@ pub struct Targets {
     pub virtual_cluster_names: Option<Vec<String>>,
     /// VirtualClusters by label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::common::label_selector_schema")]
     pub virtual_cluster_selector: Option<LabelSelector>,
 }
 

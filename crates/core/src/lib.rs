@@ -13,6 +13,7 @@ pub mod managed;
 pub mod metrics;
 pub mod provider;
 pub mod ratelimit;
+pub mod selector;
 pub mod toolset;
 pub mod watch;
 

@@ -303,6 +303,9 @@ async fn tool_sets_and_tool_installs_are_checked_at_admission() {
             ("no-targets", json!({"toolSetRef": {"name": "dev"}, "targets": {}}), "spec.targets", "select at least one target"),
             ("zero-concurrency", json!({"toolSetRef": {"name": "dev"}, "targets": targets, "maxConcurrency": 0}), "spec.maxConcurrency", "greater than or equal to 1"),
             ("bad-values-source", json!({"toolSetRef": {"name": "dev"}, "targets": targets, "valuesFrom": [{"tool": "x", "kind": "Vault", "name": "v"}]}), "spec.valuesFrom[0].kind", "Unsupported value"),
+            ("bad-selector-operator", json!({"toolSetRef": {"name": "dev"}, "targets": {"clusterSelector": {"matchExpressions": [{"key": "tier", "operator": "Equals", "values": ["dev"]}]}}}), "spec.targets.clusterSelector.matchExpressions[0].operator", "Unsupported value: \"Equals\""),
+            ("selector-in-without-values", json!({"toolSetRef": {"name": "dev"}, "targets": {"virtualClusterSelector": {"matchExpressions": [{"key": "tier", "operator": "In"}]}}}), "spec.targets.virtualClusterSelector.matchExpressions[0]", "In and NotIn need at least one value"),
+            ("selector-exists-with-values", json!({"toolSetRef": {"name": "dev"}, "targets": {"clusterSelector": {"matchExpressions": [{"key": "tier", "operator": "Exists", "values": ["x"]}]}}}), "spec.targets.clusterSelector.matchExpressions[0]", "Exists and DoesNotExist take none"),
         ];
         for (name, spec, field, message) in cases {
             expect_refused(&install_api, &installs, name, spec, field, message).await;

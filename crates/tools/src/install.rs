@@ -265,29 +265,16 @@ async fn reconcile(ti: Arc<ToolInstall>, ctx: Arc<Context>) -> Result<Action, Er
     let pass = Pass::new(&ti, &ctx);
     let tools = match pass.declared_tools().await {
         Ok(tools) => tools,
-        Err((reason, message)) => {
-            let previous = ti.status.clone().unwrap_or_default();
-            let status = Outcome {
-                targets: previous.targets.clone(),
-                blocked: Some((reason, message.clone())),
-                ..Outcome::default()
-            };
-            pass.write_status(&api, status).await?;
-            ctx.recorder
-                .publish(
-                    &ti.object_ref(&()),
-                    EventType::Warning,
-                    reason,
-                    "Resolve",
-                    &message,
-                )
-                .await?;
-            return Ok(Action::requeue(Duration::from_secs(30)));
-        }
+        Err((reason, message)) => return pass.blocked(&api, reason, message).await,
     };
     let inventory = Inventory::list(&ctx.client, &namespace).await?;
     forget_gone_targets(&ctx, &namespace, &inventory).await;
-    let selection = select(&ti, &inventory);
+    // A selector that does not parse selects nothing we can trust: nothing
+    // is installed or removed until it is fixed.
+    let selection = match select(&ti, &inventory) {
+        Ok(selection) => selection,
+        Err(message) => return pass.blocked(&api, "InvalidSelector", message).await,
+    };
     let values_from = pass.values_from().await?;
 
     let previous = ti.status.clone().unwrap_or_default();
@@ -580,19 +567,21 @@ struct Target<'a> {
 }
 
 /// Clusters and VirtualClusters named or matched by label, not being
-/// deleted, by kind and name.
-fn select<'a>(ti: &ToolInstall, inventory: &'a Inventory) -> Vec<Target<'a>> {
+/// deleted, by kind and name; or why a selector cannot be used.
+fn select<'a>(ti: &ToolInstall, inventory: &'a Inventory) -> Result<Vec<Target<'a>>, String> {
     let targets = &ti.spec.targets;
-    let selector = |s: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>| {
-        s.clone()
-            .and_then(|s| kube::core::Selector::try_from(s).ok())
-    };
+    let selector =
+        |field: &str, s: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>| {
+            s.as_ref()
+                .map(|s| fleetforge_core::selector::parse(field, s))
+                .transpose()
+        };
     let mut chosen: BTreeMap<(&'static str, String), Option<Object<'a>>> = BTreeMap::new();
     let groups = [
         (
             CLUSTER,
             &targets.cluster_names,
-            selector(&targets.cluster_selector),
+            selector("spec.targets.clusterSelector", &targets.cluster_selector)?,
             inventory
                 .clusters
                 .iter()
@@ -602,7 +591,10 @@ fn select<'a>(ti: &ToolInstall, inventory: &'a Inventory) -> Vec<Target<'a>> {
         (
             VIRTUAL_CLUSTER,
             &targets.virtual_cluster_names,
-            selector(&targets.virtual_cluster_selector),
+            selector(
+                "spec.targets.virtualClusterSelector",
+                &targets.virtual_cluster_selector,
+            )?,
             inventory
                 .virtual_clusters
                 .iter()
@@ -627,10 +619,10 @@ fn select<'a>(ti: &ToolInstall, inventory: &'a Inventory) -> Vec<Target<'a>> {
             }
         }
     }
-    chosen
+    Ok(chosen
         .into_iter()
         .map(|((kind, name), object)| Target { kind, name, object })
-        .collect()
+        .collect())
 }
 
 /// What one pass found and did on one target.
@@ -754,6 +746,34 @@ impl<'a> Pass<'a> {
             .annotations()
             .get(annotation::FORCE_REMOVE)
             .is_some_and(|v| v == "true")
+    }
+
+    /// What is declared cannot be used: `Ready` and `Synced` say why, the
+    /// targets keep the states they had, and nothing is changed on them.
+    async fn blocked(
+        &self,
+        api: &Api<ToolInstall>,
+        reason: &'static str,
+        message: String,
+    ) -> Result<Action, Error> {
+        let previous = self.ti.status.clone().unwrap_or_default();
+        let status = Outcome {
+            targets: previous.targets.clone(),
+            blocked: Some((reason, message.clone())),
+            ..Outcome::default()
+        };
+        self.write_status(api, status).await?;
+        self.ctx
+            .recorder
+            .publish(
+                &self.ti.object_ref(&()),
+                EventType::Warning,
+                reason,
+                "Resolve",
+                &message,
+            )
+            .await?;
+        Ok(Action::requeue(Duration::from_secs(30)))
     }
 
     /// The tools in installation order, or why they cannot be had.
@@ -1968,6 +1988,7 @@ mod tests {
             virtual_clusters,
         };
         let chosen: Vec<(&str, String)> = select(&ti, &inventory)
+            .unwrap()
             .into_iter()
             .map(|t| (t.kind, t.name))
             .collect();
@@ -2018,6 +2039,7 @@ mod tests {
             virtual_clusters: Vec::new(),
         };
         let chosen: Vec<(String, bool)> = select(&ti, &inventory)
+            .unwrap()
             .into_iter()
             .map(|t| (t.name, t.object.is_some()))
             .collect();
@@ -2028,6 +2050,27 @@ mod tests {
                 ("missing".to_string(), false),
                 ("named".to_string(), true),
             ]
+        );
+    }
+
+    #[test]
+    fn a_selector_that_does_not_parse_is_an_error_not_an_empty_selection() {
+        let ti: ToolInstall = serde_json::from_value(json!({
+            "metadata": {"name": "tools", "namespace": "platform"},
+            "spec": {"tools": [], "targets": {
+                "clusterNames": ["named"],
+                "clusterSelector": {"matchExpressions": [{"key": "tier", "operator": "Equals", "values": ["dev"]}]},
+            }},
+        }))
+        .unwrap();
+        let inventory = Inventory {
+            clusters: vec![mk_cluster("named", &[("tier", "dev")], false)],
+            virtual_clusters: Vec::new(),
+        };
+        let error = select(&ti, &inventory).unwrap_err();
+        assert!(
+            error.starts_with("spec.targets.clusterSelector.matchExpressions[0].operator"),
+            "{error}"
         );
     }
 }
