@@ -219,17 +219,34 @@ async fn environments_come_sleep_wake_wait_their_turn_and_go() {
                     "metadata": {"name": "own"},
                     "spec": {"type": "dedicated", "owner": "bob", "ttl": "2h",
                              "dedicated": {"providerConfigRef": {"name": format!("local-{ns}")}, "version": "1.36",
-                                           "nodePools": [{"name": "workers", "machineType": "standard-2", "min": 1, "max": 1}]}},
+                                           "nodePools": [{"name": "workers", "machineType": "standard-2", "min": 1, "max": 1},
+                                                         {"name": "accel", "machineType": "gpu-a100-8", "min": 1, "max": 1}]}},
                 }),
             )
             .await;
+            // A machine type the size table does not know is named in the
+            // estimate; it does not hold the environment back.
             let own = await_phase(&envs, "own", EnvironmentPhase::Ready, &controller).await;
             let estimate = own.status.unwrap().estimate.unwrap();
             assert_eq!((estimate.vcpu.unwrap().0.as_str(), estimate.memory.unwrap().0.as_str()), ("2", "8Gi"));
+            assert_eq!(estimate.unknown, ["nodePools[accel].machineType: gpu-a100-8"]);
             let clusters: Api<Cluster> = Api::namespaced(client.clone(), &ns);
             assert!(clusters.get_opt("own").await.unwrap().is_some());
             let own_kubeconfig = target_kubeconfig(&client, &ns, "own", work.path()).await;
-            target_client(&own_kubeconfig).await.apiserver_version().await.expect("the dedicated cluster answers");
+            let inside = target_client(&own_kubeconfig).await;
+            inside.apiserver_version().await.expect("the dedicated cluster answers");
+            let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(inside);
+            let node_count = || async { nodes.list_metadata(&Default::default()).await.unwrap().items.len() };
+            assert_eq!(node_count().await, 2);
+
+            // A dedicated environment sleeps with its node pools at zero
+            // (the control plane stays) and wakes with them back.
+            cli(&ns, &["sleep", "own"]).await;
+            await_phase(&envs, "own", EnvironmentPhase::Sleeping, &controller).await;
+            assert_eq!(node_count().await, 0, "a sleeping dedicated environment has no nodes");
+            cli(&ns, &["wake", "own"]).await;
+            await_phase(&envs, "own", EnvironmentPhase::Ready, &controller).await;
+            assert_eq!(node_count().await, 2, "a woken dedicated environment has its nodes back");
 
             // A virtual environment on the management cluster, in a
             // namespace that does not allow it: Failed, saying what to bind.

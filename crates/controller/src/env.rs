@@ -52,7 +52,8 @@ pub enum EnvCommand {
         #[arg(long)]
         ttl: String,
     },
-    /// Put a virtual environment to sleep (its vcluster scaled to zero).
+    /// Put an environment to sleep: a virtual one's vcluster, or a
+    /// dedicated one's node pools, scaled to zero.
     Sleep {
         /// The environment.
         name: String,

@@ -183,19 +183,23 @@ pub fn machine_size(machine_type: &str) -> Option<(u64, u64)> {
 const VCLUSTER_REQUESTS: (u64, u64) = (200, 256);
 
 /// The size of an environment before it is provisioned: node pools times
-/// machine sizes, or a vcluster's requests. Unknown machine types are named.
-pub fn estimate(kind: EnvironmentType, pools: &[NodePool]) -> Result<Estimate, String> {
+/// machine sizes, or a vcluster's requests. An estimate is information:
+/// pools of machine types not in the table are named and left out, never a
+/// reason not to provision.
+pub fn estimate(kind: EnvironmentType, pools: &[NodePool]) -> Estimate {
+    let mut unknown = Vec::new();
     let (millicores, mebibytes) = match kind {
         EnvironmentType::Virtual => VCLUSTER_REQUESTS,
         EnvironmentType::Dedicated => {
             let mut total = (0, 0);
             for pool in pools {
-                let (cpu, memory) = machine_size(&pool.machine_type).ok_or_else(|| {
-                    format!(
-                        "nodePools[{}].machineType: {} is not in the size table",
+                let Some((cpu, memory)) = machine_size(&pool.machine_type) else {
+                    unknown.push(format!(
+                        "nodePools[{}].machineType: {}",
                         pool.name, pool.machine_type
-                    )
-                })?;
+                    ));
+                    continue;
+                };
                 let count = u64::try_from(pool.initial_count()).unwrap_or(0);
                 total.0 += cpu * count;
                 total.1 += memory * count;
@@ -213,10 +217,11 @@ pub fn estimate(kind: EnvironmentType, pools: &[NodePool]) -> Result<Estimate, S
     } else {
         format!("{mebibytes}Mi")
     };
-    Ok(Estimate {
+    Estimate {
         vcpu: Some(Quantity(vcpu)),
         memory: Some(Quantity(memory)),
-    })
+        unknown,
+    }
 }
 
 /// The newest sign of use known without looking inside: creation, the
@@ -367,9 +372,18 @@ fn child(env: &Environment, asleep: bool) -> Value {
         }
         EnvironmentType::Dedicated => {
             let settings = env.spec.dedicated.clone().unwrap_or_default();
+            // Sleep is every node pool scaled to zero; the control plane
+            // and what was installed stay, and waking scales them back.
+            let mut pools = settings.node_pools;
+            if asleep {
+                for pool in &mut pools {
+                    pool.min = 0;
+                    pool.desired = Some(0);
+                }
+            }
             let mut spec = json!({
                 "providerConfigRef": settings.provider_config_ref,
-                "nodePools": settings.node_pools,
+                "nodePools": pools,
             });
             for (field, value) in [
                 ("region", settings.region),
@@ -408,12 +422,25 @@ impl Child {
         )
     }
 
-    fn of_cluster(cluster: &Cluster) -> Self {
+    /// A dedicated environment's Cluster; `asleep` says whether its pools
+    /// were asked to be at zero.
+    fn of_cluster(cluster: &Cluster, asleep: bool) -> Self {
         let status = cluster.status.clone().unwrap_or_default();
+        let current = status.observed_generation == cluster.metadata.generation;
+        let ready = conditions::is_true(&status.conditions, condition::READY);
+        // Asleep once the spec asks for no nodes and the provider has
+        // none left.
+        let scaled_to_zero = asleep
+            && !cluster.spec.node_pools.is_empty()
+            && cluster.spec.node_pools.iter().all(|p| p.desired == Some(0))
+            && status
+                .node_pools
+                .iter()
+                .all(|p| p.ready.unwrap_or(0) == 0 && p.desired.unwrap_or(0) == 0);
         Self::from(
             &status.conditions,
-            conditions::is_true(&status.conditions, condition::READY),
-            false,
+            ready,
+            ready && current && scaled_to_zero,
             status.phase == Some(ClusterPhase::Failed),
             "Cluster",
         )
@@ -519,7 +546,7 @@ async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, k
         Ok(at) => at,
         Err(message) => {
             let status = Status::failed("InvalidTTL", message);
-            write_status(&env, &api, status, None, estimate.ok()).await?;
+            write_status(&env, &api, status, None, Some(estimate)).await?;
             return Ok(Action::await_change());
         }
     };
@@ -537,7 +564,7 @@ async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, k
                 ),
             )
             .await?;
-        write_status(&env, &api, Status::expired(), Some(expires), estimate.ok()).await?;
+        write_status(&env, &api, Status::expired(), Some(expires), Some(estimate)).await?;
         api.delete(&name, &DeleteParams::default()).await?;
         return Ok(Action::await_change());
     }
@@ -562,26 +589,13 @@ async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, k
                 &api,
                 Status::held("QuotaExceeded", message),
                 Some(expires),
-                estimate.ok(),
+                Some(estimate.clone()),
             )
             .await?;
             return Ok(Action::requeue(Duration::from_secs(30).min(until_expiry)));
         }
     }
-    let estimate = match estimate {
-        Ok(estimate) => Some(estimate),
-        Err(message) => {
-            write_status(
-                &env,
-                &api,
-                Status::failed("UnknownMachineType", format!("spec.dedicated.{message}")),
-                Some(expires),
-                None,
-            )
-            .await?;
-            return Ok(Action::requeue(Duration::from_secs(300).min(until_expiry)));
-        }
-    };
+    let estimate = Some(estimate);
 
     // Sleep: asked for, or idle for sleepAfter. Activity is read inside
     // only while the environment is up (a sleeping one has no API).
@@ -622,6 +636,7 @@ async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, k
             &Api::<Cluster>::namespaced(ctx.client.clone(), &namespace)
                 .patch(&name, &params, &Patch::Apply(&child))
                 .await?,
+            asleep,
         ),
     };
     let status = match child {
@@ -892,25 +907,34 @@ mod tests {
             mk_pool("standard-2", 1, Some(3)),
             mk_pool("standard-4", 2, None),
         ];
-        let estimate = estimate(EnvironmentType::Dedicated, &pools).unwrap();
+        let estimate = estimate(EnvironmentType::Dedicated, &pools);
         assert_eq!(estimate.vcpu, Some(Quantity("14".into())));
         assert_eq!(estimate.memory, Some(Quantity("56Gi".into())));
+        assert!(estimate.unknown.is_empty());
         let virtual_estimate = estimate_virtual();
         assert_eq!(virtual_estimate.vcpu, Some(Quantity("200m".into())));
         assert_eq!(virtual_estimate.memory, Some(Quantity("256Mi".into())));
-        let error = super::estimate(
+    }
+
+    #[test]
+    fn an_unknown_machine_type_is_named_and_left_out_of_the_estimate() {
+        let partial = super::estimate(
             EnvironmentType::Dedicated,
-            &[mk_pool("quantum-9000", 1, None)],
-        )
-        .unwrap_err();
+            &[
+                mk_pool("standard-2", 1, None),
+                mk_pool("quantum-9000", 1, None),
+            ],
+        );
+        assert_eq!(partial.vcpu, Some(Quantity("2".into())));
+        assert_eq!(partial.memory, Some(Quantity("8Gi".into())));
         assert_eq!(
-            error,
-            "nodePools[workers].machineType: quantum-9000 is not in the size table"
+            partial.unknown,
+            ["nodePools[workers].machineType: quantum-9000"]
         );
     }
 
     fn estimate_virtual() -> Estimate {
-        estimate(EnvironmentType::Virtual, &[]).unwrap()
+        estimate(EnvironmentType::Virtual, &[])
     }
 
     #[test]
@@ -972,6 +996,41 @@ mod tests {
         assert_eq!(vc["metadata"]["ownerReferences"][0]["kind"], "Environment");
         env.spec.sleep = false;
         assert!(child(&env, false)["spec"].get("values").is_none());
+    }
+
+    #[test]
+    fn a_dedicated_environment_sleeps_with_its_node_pools_at_zero() {
+        let env: Environment = serde_json::from_value(json!({
+            "metadata": {"name": "own", "namespace": "dev", "uid": "u-2"},
+            "spec": {"type": "dedicated", "owner": "bob", "sleep": true,
+                     "dedicated": {"providerConfigRef": {"name": "local"},
+                                   "nodePools": [{"name": "workers", "machineType": "standard-2", "min": 1, "max": 3, "desired": 2}]}},
+        }))
+        .unwrap();
+        let asleep = child(&env, true);
+        assert_eq!(asleep["kind"], "Cluster");
+        assert_eq!(
+            asleep["spec"]["nodePools"],
+            json!([{"name": "workers", "machineType": "standard-2", "min": 0, "max": 3, "desired": 0}])
+        );
+        let awake = child(&env, false);
+        assert_eq!(awake["spec"]["nodePools"][0]["min"], 1);
+        assert_eq!(awake["spec"]["nodePools"][0]["desired"], 2);
+
+        // Sleeping once the provider has no nodes left, not before.
+        let mut cluster: Cluster = serde_json::from_value(json!({
+            "metadata": {"name": "own", "namespace": "dev", "generation": 3},
+            "spec": asleep["spec"],
+            "status": {"observedGeneration": 3, "phase": "Ready",
+                       "conditions": [{"type": "Ready", "status": "True", "reason": "Available", "message": "up",
+                                       "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+                       "nodePools": [{"name": "workers", "desired": 0, "ready": 1}]},
+        }))
+        .unwrap();
+        assert!(!Child::of_cluster(&cluster, true).sleeping);
+        cluster.status.as_mut().unwrap().node_pools[0].ready = Some(0);
+        assert!(Child::of_cluster(&cluster, true).sleeping);
+        assert!(!Child::of_cluster(&cluster, false).sleeping);
     }
 
     #[test]
