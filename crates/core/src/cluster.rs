@@ -418,6 +418,7 @@ impl Managed for Cluster {
     type Change = ClusterChange;
 
     const KIND: &'static str = "Cluster";
+    const PROVIDER_CONFIG_FIELD: &'static str = "spec.providerConfigRef.name";
 
     fn policies(&self) -> Policies {
         Policies {

@@ -21,13 +21,22 @@ pub async fn ensure<K>(api: &Api<K>, obj: &K) -> Result<(), kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
-    if has(obj) {
+    ensure_named(api, obj, FINALIZER).await
+}
+
+/// Adds the finalizer `name` (one of fleetforge's) to `obj` unless it is
+/// there.
+pub async fn ensure_named<K>(api: &Api<K>, obj: &K, name: &str) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    if obj.finalizers().iter().any(|f| f == name) {
         return Ok(());
     }
     let patch = json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
-        "metadata": {"finalizers": [FINALIZER]},
+        "metadata": {"finalizers": [name]},
     });
     api.patch(
         &obj.name_any(),
@@ -43,11 +52,15 @@ pub async fn remove<K>(api: &Api<K>, obj: &K) -> Result<(), kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
-    let others: Vec<&String> = obj
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .collect();
+    remove_named(api, obj, FINALIZER).await
+}
+
+/// Removes the finalizer `name` from `obj`, keeping any others.
+pub async fn remove_named<K>(api: &Api<K>, obj: &K, name: &str) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let others: Vec<&String> = obj.finalizers().iter().filter(|f| *f != name).collect();
     api.patch(
         &obj.name_any(),
         &PatchParams::default(),

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use fleetforge_api::provider_config::CredentialsSource;
 use fleetforge_api::{
-    DeletionPolicy, DriftPolicy, DriftStatus, FIELD_MANAGER, FINALIZER, ManagementPolicy,
-    ProviderConfig, ProviderKind, annotation, condition, label,
+    DeletionPolicy, DriftPolicy, DriftStatus, FIELD_MANAGER, FINALIZER, IN_USE_FINALIZER,
+    ManagementPolicy, ProviderConfig, ProviderKind, annotation, condition, label,
 };
 use futures::{Future, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
@@ -117,6 +117,9 @@ pub trait Managed:
     type Change: Clone + Debug + std::fmt::Display + Send + Sync + 'static;
     /// The kind's name (metrics, logs).
     const KIND: &'static str;
+    /// The selectable field (the CRD's `selectableFields`) holding the
+    /// ProviderConfig's name, so its users can be listed by the API server.
+    const PROVIDER_CONFIG_FIELD: &'static str;
 
     /// The object's policies.
     fn policies(&self) -> Policies;
@@ -190,6 +193,10 @@ pub struct Options {
     pub reporter: String,
     /// Only manage objects in this namespace (all namespaces when `None`).
     pub namespace: Option<String>,
+    /// How long after a successful create a resource the provider does not
+    /// list is taken to be on its way (clouds are eventually consistent
+    /// right after a create) rather than deleted out of band.
+    pub creation_grace_period: Duration,
 }
 
 impl Default for Options {
@@ -202,6 +209,7 @@ impl Default for Options {
             concurrency: 32,
             reporter: "fleetforge".to_string(),
             namespace: None,
+            creation_grace_period: Duration::from_secs(30),
         }
     }
 }
@@ -217,6 +225,9 @@ pub struct Engine<K: Managed> {
     client: Client,
     providers: Providers<K>,
     provider_configs: Store<ProviderConfig>,
+    /// ProviderConfigs whose users may have changed (an object appeared
+    /// that the config does not count yet, or one went).
+    config_users_changed: tokio::sync::mpsc::UnboundedSender<String>,
     recorder: Recorder,
     metrics: Arc<Metrics>,
     rate_limits: RateLimits,
@@ -242,11 +253,25 @@ pub async fn run<K: Managed>(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (config_store, config_writer) = reflector::store::<ProviderConfig>();
+    let objects: Api<K> = match &options.namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    // Reconcile on what users and we change in spec and metadata; our own
+    // status writes and create markers do not trigger another pass. An
+    // object that goes makes its ProviderConfig count its users again.
+    let (users_changed, users_changes) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let gone = users_changed.clone();
+    let (object_store, object_events) =
+        crate::watch::changes_and_deletions(objects, trigger_hash::<K>, move |obj: &K| {
+            let _ = gone.send(obj.provider_config_name().to_string());
+        });
     let engine = Arc::new(Engine {
         recorder: Recorder::new(client.clone(), &options.reporter),
         client: client.clone(),
         providers,
         provider_configs: config_store,
+        config_users_changed: users_changed,
         metrics,
         rate_limits: RateLimits::default(),
         clients: tokio::sync::Mutex::new(HashMap::new()),
@@ -255,14 +280,6 @@ pub async fn run<K: Managed>(
         written: Mutex::new(HashMap::new()),
         options,
     });
-
-    let objects: Api<K> = match &engine.options.namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    };
-    // Reconcile on what users and we change in spec and metadata; our own
-    // status writes and create markers do not trigger another pass.
-    let (object_store, object_events) = crate::watch::changes_by(objects, trigger_hash::<K>);
 
     let configs: Api<ProviderConfig> = Api::all(client.clone());
     let config_events = watcher(configs, watcher::Config::default().any_semantic())
@@ -303,8 +320,15 @@ pub async fn run<K: Managed>(
         .run(reconcile::<K>, error_policy::<K>, engine.clone())
         .for_each(|_| futures::future::ready(()));
 
+    let users_changes = futures::stream::unfold(users_changes, |mut changes| async move {
+        changes
+            .recv()
+            .await
+            .map(|name| (ObjectRef::<ProviderConfig>::new(&name), changes))
+    });
     let configs: Api<ProviderConfig> = Api::all(client.clone());
     let configs_controller = Controller::new(configs, watcher::Config::default().any_semantic())
+        .reconcile_on(users_changes)
         .graceful_shutdown_on(waiter(&shutdown_tx))
         .run(
             reconcile_provider_config::<K>,
@@ -370,6 +394,9 @@ pub async fn reconcile<K: Managed>(obj: Arc<K>, engine: Arc<Engine<K>>) -> Resul
     let in_flight = engine.metrics.in_flight.get_or_create(&kind).clone();
     in_flight.inc();
     let started = Instant::now();
+    // Before the first list of ProviderConfigs is in, every object would
+    // look like its account is missing (and write that, then undo it).
+    let _ = engine.provider_configs.wait_until_ready().await;
     let obj = engine.with_written_status(obj);
     let mut pass = Pass::new(&engine, &obj);
     let result = pass.run().await;
@@ -484,6 +511,11 @@ impl<'a, K: Managed> Pass<'a, K> {
 
     async fn run(&mut self) -> Result<Action, Error> {
         let policies = self.obj.policies();
+        let deleting = self.obj.meta().deletion_timestamp.is_some();
+        self.config = self.provider_config().ok();
+        if deleting && self.force_remove_asked() {
+            return self.force_remove().await;
+        }
         if policies.paused {
             let conditions = [
                 self.keep(condition::READY),
@@ -504,13 +536,59 @@ impl<'a, K: Managed> Pass<'a, K> {
             .await?;
             return Ok(Action::await_change());
         }
-        let config = self.provider_config()?;
-        self.config = Some(config.clone());
-        let provider = self.engine.connect(&config).await?;
-        if self.obj.meta().deletion_timestamp.is_some() {
-            return self.delete(&*provider, policies).await;
+        if deleting {
+            return self.delete(policies).await;
         }
+        let config = self.provider_config()?;
+        if !config.finalizers().iter().any(|f| f == IN_USE_FINALIZER) {
+            // Its users are counted (and its deletion held) by its own
+            // reconcile; tell it there is one more.
+            let _ = self.engine.config_users_changed.send(config.name_any());
+        }
+        let provider = self.engine.connect(&config).await?;
         self.apply(&*provider, policies).await
+    }
+
+    fn force_remove_asked(&self) -> bool {
+        self.obj
+            .annotations()
+            .get(annotation::FORCE_REMOVE)
+            .is_some_and(|v| v == "true")
+    }
+
+    /// Deletion with `fleetforge.dev/force-remove: "true"`: the finalizer
+    /// goes without a provider call (the account may be gone or
+    /// unreachable), saying what may be left behind.
+    async fn force_remove(&self) -> Result<Action, Error> {
+        if !self.has_finalizer() {
+            return Ok(Action::await_change());
+        }
+        let annotations = self.obj.annotations();
+        let left = match annotations.get(annotation::EXTERNAL_NAME) {
+            Some(name)
+                if annotations.contains_key(annotation::CREATE_SUCCEEDED)
+                    || annotations.contains_key(annotation::CREATE_PENDING) =>
+            {
+                format!(
+                    "{name} at ProviderConfig {} may be left behind: check the account and delete it there if it still exists",
+                    self.obj.provider_config_name()
+                )
+            }
+            Some(name) => format!(
+                "{name} at ProviderConfig {} (imported or adopted) is left as it is",
+                self.obj.provider_config_name()
+            ),
+            None => "nothing was created at the provider".to_string(),
+        };
+        self.finish_delete(
+            EventType::Warning,
+            "ForceRemoved",
+            format!(
+                "{} is set: removing the finalizer without deleting at the provider; {left}",
+                annotation::FORCE_REMOVE
+            ),
+        )
+        .await
     }
 
     fn provider_config(&self) -> Result<Arc<ProviderConfig>, Error> {
@@ -540,12 +618,14 @@ impl<'a, K: Managed> Pass<'a, K> {
     }
 
     fn soon(&self) -> Action {
-        Action::requeue(
-            self.engine
-                .options
-                .active_interval
-                .min(self.poll_interval()),
-        )
+        Action::requeue(self.soon_duration())
+    }
+
+    fn soon_duration(&self) -> Duration {
+        self.engine
+            .options
+            .active_interval
+            .min(self.poll_interval())
     }
 
     async fn call<T, F>(&self, verb: Verb, call: impl FnOnce() -> F) -> Result<T, Error>
@@ -672,11 +752,41 @@ impl<'a, K: Managed> Pass<'a, K> {
                 .await?;
             return Ok(self.poll());
         }
-        let deleted_out_of_band = existed
-            && self
-                .obj
-                .annotations()
-                .contains_key(annotation::CREATE_SUCCEEDED);
+        let created_at = self
+            .obj
+            .annotations()
+            .get(annotation::CREATE_SUCCEEDED)
+            .and_then(|t| t.parse::<Timestamp>().ok());
+        let deleted_out_of_band = existed && created_at.is_some();
+        let grace = self.engine.options.creation_grace_period;
+        let since_create = created_at
+            .and_then(|at| Duration::try_from(Timestamp::now().duration_since(at)).ok())
+            .unwrap_or(Duration::MAX);
+        if deleted_out_of_band && since_create < grace {
+            let conditions = [
+                Desired::no(
+                    condition::READY,
+                    "Creating",
+                    format!(
+                        "{external_name} was created at {} and the provider does not list it yet; it is taken as deleted only after the creation grace period ({}s)",
+                        created_at.map(|t| t.to_string()).unwrap_or_default(),
+                        grace.as_secs()
+                    ),
+                ),
+                Desired::yes(condition::SYNCED, "ReconcileSuccess", "create requested"),
+                self.keep(condition::DRIFTED),
+            ];
+            self.write_status(
+                Phase::Provisioning,
+                &conditions,
+                None,
+                None,
+                self.obj.status_observed_generation(),
+            )
+            .await?;
+            let left = grace - since_create + Duration::from_millis(100);
+            return Ok(Action::requeue(self.soon_duration().min(left)));
+        }
         if deleted_out_of_band {
             let fields = vec![format!("{external_name}: spec present, actual absent")];
             let drift = self.drift_status(&fields);
@@ -1190,11 +1300,12 @@ impl<'a, K: Managed> Pass<'a, K> {
         Ok(self.poll())
     }
 
-    async fn delete(
-        &self,
-        provider: &dyn ExternalClient<K>,
-        policies: Policies,
-    ) -> Result<Action, Error> {
+    /// Deletion: the external resource first (when this object created
+    /// it and the policy says so), then the connection Secret and the
+    /// finalizer. The provider is reached only when there is something to
+    /// delete there, so an orphaned or never-created object goes even when
+    /// its account is gone.
+    async fn delete(&self, policies: Policies) -> Result<Action, Error> {
         if !self.has_finalizer() {
             return Ok(Action::await_change());
         }
@@ -1203,22 +1314,24 @@ impl<'a, K: Managed> Pass<'a, K> {
         let keep_external = policies.deletion == DeletionPolicy::Orphan
             || policies.management == ManagementPolicy::ObserveOnly;
         let Some(external_name) = external_name.filter(|_| !keep_external) else {
-            return self
-                .finish_delete(if keep_external {
-                    "orphaned"
-                } else {
-                    "never created"
-                })
-                .await;
+            let what = if keep_external {
+                "orphaned"
+            } else {
+                "never created"
+            };
+            return self.finish_deleted(what).await;
         };
+        let config = self.provider_config()?;
+        let provider = self.engine.connect(&config).await?;
+        let provider = &*provider;
         let observation = self
             .call(Verb::Observe, || provider.observe(self.obj, &external_name))
             .await?;
         match observation {
-            None => self.finish_delete("deleted").await,
+            None => self.finish_deleted("deleted").await,
             Some(observation) if !self.owns(&observation) => {
                 // Never delete what is not ours (an adopted name clash).
-                self.finish_delete("left alone: it is not owned by this object")
+                self.finish_deleted("left alone: it is not owned by this object")
                     .await
             }
             Some(observation) => {
@@ -1258,8 +1371,30 @@ impl<'a, K: Managed> Pass<'a, K> {
         }
     }
 
-    /// Removes the connection Secret and the finalizer.
-    async fn finish_delete(&self, what: &str) -> Result<Action, Error> {
+    /// The external resource is `what` (deleted, orphaned, ...): the
+    /// connection Secret and the finalizer go.
+    async fn finish_deleted(&self, what: &str) -> Result<Action, Error> {
+        let external_name = self
+            .obj
+            .annotations()
+            .get(annotation::EXTERNAL_NAME)
+            .cloned()
+            .unwrap_or_else(|| self.name.clone());
+        self.finish_delete(
+            EventType::Normal,
+            "DeletedExternalResource",
+            format!("{external_name} {what}; removing the finalizer"),
+        )
+        .await
+    }
+
+    /// Removes the connection Secret and the finalizer, telling why.
+    async fn finish_delete(
+        &self,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) -> Result<Action, Error> {
         let secrets: Api<Secret> = Api::namespaced(self.engine.client.clone(), &self.namespace);
         match secrets
             .delete(&self.obj.connection_secret_name(), &DeleteParams::default())
@@ -1280,19 +1415,13 @@ impl<'a, K: Managed> Pass<'a, K> {
             .lock()
             .expect("written map")
             .remove(&key);
+        self.event(type_, reason, "Delete", note).await;
         let external_name = self
             .obj
             .annotations()
             .get(annotation::EXTERNAL_NAME)
             .cloned()
             .unwrap_or_else(|| self.name.clone());
-        self.event(
-            EventType::Normal,
-            "DeletedExternalResource",
-            "Delete",
-            format!("{external_name} {what}; removing the finalizer"),
-        )
-        .await;
         self.write_metadata(false, &external_name, None).await?;
         Ok(Action::await_change())
     }
@@ -1497,8 +1626,8 @@ impl<'a, K: Managed> Pass<'a, K> {
         Ok(())
     }
 
-    /// Writes the connection Secret when its content changed since this
-    /// process last wrote it.
+    /// Writes the connection Secret when its content differs from what this
+    /// process last wrote, or (after a restart) from what is stored.
     async fn publish_connection(&self, connection: &ConnectionDetails) -> Result<(), Error> {
         let secret_name = self.obj.connection_secret_name();
         let mut hasher = DefaultHasher::new();
@@ -1517,6 +1646,30 @@ impl<'a, K: Managed> Pass<'a, K> {
             return Ok(());
         }
         let owner = self.obj.controller_owner_ref(&());
+        let secrets: Api<Secret> = Api::namespaced(self.engine.client.clone(), &self.namespace);
+        // Not written by this process yet (it restarted, or leadership
+        // moved): read what is stored, and write only when it differs.
+        let stored = secrets.get_opt(&secret_name).await?;
+        let current = stored.as_ref().is_some_and(|stored| {
+            let value = stored.data.as_ref().and_then(|d| d.get("value"));
+            let owned = stored
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| Some(&o.uid) == owner.as_ref().map(|w| &w.uid));
+            value.is_some_and(|v| v.0 == connection.kubeconfig.as_bytes())
+                && owned
+                && stored.labels().get(label::INSTANCE) == Some(&self.name)
+        });
+        if current {
+            self.engine
+                .published
+                .lock()
+                .expect("published map")
+                .insert(key, hash);
+            return Ok(());
+        }
         let secret = json!({
             "apiVersion": "v1",
             "kind": "Secret",
@@ -1534,7 +1687,6 @@ impl<'a, K: Managed> Pass<'a, K> {
                 "value": k8s_openapi::ByteString(connection.kubeconfig.as_bytes().to_vec()),
             },
         });
-        let secrets: Api<Secret> = Api::namespaced(self.engine.client.clone(), &self.namespace);
         secrets
             .patch(
                 &secret_name,
@@ -1565,7 +1717,13 @@ impl<'a, K: Managed> Pass<'a, K> {
     /// After a failed reconcile: `Synced=False` with the error's category,
     /// and a warning event.
     async fn report_error(&self, error: &Error) {
-        let message = error.to_string();
+        let mut message = error.to_string();
+        if self.obj.meta().deletion_timestamp.is_some() {
+            message.push_str(&format!(
+                "; the delete waits for this. To remove the object without deleting at the provider, annotate it {}=true",
+                annotation::FORCE_REMOVE
+            ));
+        }
         let conditions = [
             self.keep(condition::READY),
             Desired::no(condition::SYNCED, error.category(), message.clone()),
@@ -1689,13 +1847,44 @@ impl<K: Managed> Engine<K> {
 }
 
 /// Checks a ProviderConfig: its provider is available, its credentials can
-/// be read and a client built. Writes `Ready` accordingly.
+/// be read and a client built (`Ready`); and counts the objects that use it
+/// (`InUse`, `status.users`). While any does, the `fleetforge.dev/in-use`
+/// finalizer holds its deletion, so that they can still reach the account
+/// to be deleted themselves.
 async fn reconcile_provider_config<K: Managed>(
     config: Arc<ProviderConfig>,
     engine: Arc<Engine<K>>,
 ) -> Result<Action, Error> {
+    let name = config.name_any();
+    let api: Api<ProviderConfig> = Api::all(engine.client.clone());
+    let users = users_of::<K>(&engine.client, &name).await?;
+    let deleting = config.metadata.deletion_timestamp.is_some();
+    let held = config.finalizers().iter().any(|f| f == IN_USE_FINALIZER);
+    if users.is_empty() && held {
+        crate::finalizer::remove_named(&api, &*config, IN_USE_FINALIZER).await?;
+    } else if !users.is_empty() && !held && !deleting {
+        crate::finalizer::ensure_named(&api, &*config, IN_USE_FINALIZER).await?;
+    }
+    if deleting && users.is_empty() {
+        return Ok(Action::await_change());
+    }
+    let in_use = usage_condition(K::KIND, &users, deleting);
+    if deleting {
+        engine
+            .recorder
+            .publish(
+                &config.object_ref(&()),
+                EventType::Warning,
+                "DeletionBlocked",
+                "Delete",
+                &in_use.message,
+            )
+            .await
+            .unwrap_or_else(|e| tracing::warn!(name, "could not publish event: {e}"));
+    }
+
     let result = engine.connect(&config).await;
-    let desired = match &result {
+    let ready = match &result {
         Ok(_) => Desired::yes(
             condition::READY,
             "Available",
@@ -1708,17 +1897,20 @@ async fn reconcile_provider_config<K: Managed>(
         .as_ref()
         .map_or(&[][..], |s| s.conditions.as_slice());
     let generation = config.metadata.generation;
-    let conditions = conditions::merge(existing, &[desired], generation, &conditions::now());
+    let conditions = conditions::merge(existing, &[ready, in_use], generation, &conditions::now());
+    let count = i32::try_from(users.len()).unwrap_or(i32::MAX);
     let current = config.status.clone().unwrap_or_default();
-    if current.conditions != conditions || current.observed_generation != generation {
-        let api: Api<ProviderConfig> = Api::all(engine.client.clone());
+    if current.conditions != conditions
+        || current.observed_generation != generation
+        || current.users != Some(count)
+    {
         let patch = json!({
             "apiVersion": ProviderConfig::api_version(&()),
             "kind": "ProviderConfig",
-            "status": {"conditions": conditions, "observedGeneration": generation},
+            "status": {"conditions": conditions, "observedGeneration": generation, "users": count},
         });
         api.patch_status(
-            &config.name_any(),
+            &name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&patch),
         )
@@ -1726,6 +1918,70 @@ async fn reconcile_provider_config<K: Managed>(
     }
     // Credentials can change without the ProviderConfig changing.
     Ok(Action::requeue(engine.options.client_ttl))
+}
+
+/// The objects of kind `K` using ProviderConfig `name`, as namespace/name,
+/// sorted. Read from the API server (metadata only, by the selectable field
+/// [`Managed::PROVIDER_CONFIG_FIELD`]) rather than this process's cache, which
+/// may hold only some namespaces or some shard of them.
+async fn users_of<K: Managed>(client: &Client, name: &str) -> Result<Vec<String>, Error> {
+    let api: Api<K> = Api::all(client.clone());
+    let mut params = kube::api::ListParams::default()
+        .fields(&format!("{}={name}", K::PROVIDER_CONFIG_FIELD))
+        .limit(500);
+    let mut users = Vec::new();
+    loop {
+        let page = api.list_metadata(&params).await?;
+        users.extend(page.items.iter().map(|obj| {
+            format!(
+                "{}/{}",
+                obj.metadata.namespace.as_deref().unwrap_or_default(),
+                obj.metadata.name.as_deref().unwrap_or_default()
+            )
+        }));
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
+    users.sort();
+    Ok(users)
+}
+
+/// The `InUse` condition of a ProviderConfig used by `users` (namespace/
+/// name, sorted) of kind `kind`; the first few are named.
+pub fn usage_condition(kind: &str, users: &[String], deleting: bool) -> Desired {
+    const NAMED: usize = 10;
+    if users.is_empty() {
+        return Desired::no(
+            condition::IN_USE,
+            "Unused",
+            format!("no {kind} uses this account"),
+        );
+    }
+    let mut named = users
+        .iter()
+        .take(NAMED)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if users.len() > NAMED {
+        named.push_str(&format!(" and {} more", users.len() - NAMED));
+    }
+    let plural = if users.len() == 1 { "" } else { "s" };
+    let used = format!("used by {} {kind}{plural}: {named}", users.len());
+    if deleting {
+        Desired::yes(
+            condition::IN_USE,
+            "DeletionBlocked",
+            format!(
+                "deletion waits until no {kind} uses this account (delete them first, or annotate each with {}=true to let it go without deleting at the provider); {used}",
+                annotation::FORCE_REMOVE
+            ),
+        )
+    } else {
+        Desired::yes(condition::IN_USE, "InUse", used)
+    }
 }
 
 fn config_error_policy<K: Managed>(
@@ -1757,6 +2013,31 @@ pub fn jittered(base: Duration, fraction: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_provider_config_names_its_first_users_and_says_why_deletion_waits() {
+        let users: Vec<String> = (0..12).map(|i| format!("team/c{i:02}")).collect();
+        let used = usage_condition("Cluster", &users[..1], false);
+        assert!(used.status);
+        assert_eq!(used.reason, "InUse");
+        assert_eq!(used.message, "used by 1 Cluster: team/c00");
+        let many = usage_condition("Cluster", &users, true);
+        assert_eq!(many.reason, "DeletionBlocked");
+        assert!(
+            many.message.contains("used by 12 Clusters: team/c00, "),
+            "{}",
+            many.message
+        );
+        assert!(
+            many.message.ends_with("team/c09 and 2 more"),
+            "{}",
+            many.message
+        );
+        assert!(many.message.contains("fleetforge.dev/force-remove=true"));
+        let unused = usage_condition("Cluster", &[], false);
+        assert!(!unused.status);
+        assert_eq!(unused.reason, "Unused");
+    }
 
     #[test]
     fn jitter_stays_within_its_fraction_and_varies() {

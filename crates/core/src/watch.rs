@@ -6,7 +6,7 @@
 use std::fmt::Debug;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -65,11 +65,34 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
 {
+    changes_and_deletions(api, hash, |_: &K| {})
+}
+
+/// As [`changes_by`], also telling `deleted` of every object the watch
+/// sees go (a deletion is no change to reconcile, but others may count
+/// what is left).
+pub fn changes_and_deletions<K>(
+    api: Api<K>,
+    hash: fn(&K) -> Option<u64>,
+    deleted: impl Fn(&K) + Send + 'static,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
     let (store, writer) = reflector::store::<K>();
     let events = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(|obj: &mut K| obj.managed_fields_mut().clear())
         .reflect(writer)
+        .inspect(move |event| {
+            if let Ok(watcher::Event::Delete(obj)) = event {
+                deleted(obj);
+            }
+        })
         .applied_objects()
         .predicate_filter(hash, Default::default());
     (store, events)

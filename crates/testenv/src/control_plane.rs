@@ -252,6 +252,25 @@ impl ControlPlane {
         Ok(Client::try_from(config)?)
     }
 
+    /// An admin client that records every request it makes, to count the
+    /// API calls of the code under test.
+    pub async fn counting_client(&self) -> Result<(Client, crate::Requests), Error> {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig_path)?;
+        let config =
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        let requests = crate::Requests::default();
+        let recorder = requests.clone();
+        let client = kube::client::ClientBuilder::try_from(config)?
+            .with_layer(&tower::util::MapRequestLayer::new(
+                move |request: http::Request<kube::client::Body>| {
+                    recorder.record(&request);
+                    request
+                },
+            ))
+            .build();
+        Ok((client, requests))
+    }
+
     /// Path of an admin kubeconfig, for kubectl, helm or a controller process.
     pub fn kubeconfig_path(&self) -> &Path {
         &self.kubeconfig_path

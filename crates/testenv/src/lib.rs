@@ -43,6 +43,44 @@ pub use control_plane::{Builder, ControlPlane, data_root};
 pub use kwok::{NODE_ANNOTATION, node};
 pub use process::{OwnedProcess, free_port, pids_mentioning, pss_bytes, rss_bytes};
 
+/// The requests a [`ControlPlane::counting_client`] made: method and path
+/// (with the query), in order.
+#[derive(Debug, Clone, Default)]
+pub struct Requests(std::sync::Arc<std::sync::Mutex<Vec<(http::Method, String)>>>);
+
+impl Requests {
+    fn record<B>(&self, request: &http::Request<B>) {
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or_else(String::new, |p| p.to_string());
+        self.0
+            .lock()
+            .expect("requests")
+            .push((request.method().clone(), path));
+    }
+
+    /// Every request so far.
+    pub fn all(&self) -> Vec<(http::Method, String)> {
+        self.0.lock().expect("requests").clone()
+    }
+
+    /// How many requests so far had `method` and a path containing `part`.
+    pub fn count(&self, method: &http::Method, part: &str) -> usize {
+        self.0
+            .lock()
+            .expect("requests")
+            .iter()
+            .filter(|(m, path)| m == method && path.contains(part))
+            .count()
+    }
+
+    /// Forgets what was recorded.
+    pub fn clear(&self) {
+        self.0.lock().expect("requests").clear();
+    }
+}
+
 /// Label on every namespace [`with_temp_ns`] creates.
 pub const TEMP_NAMESPACE_LABEL: &str = "fleetforge.dev/testenv";
 

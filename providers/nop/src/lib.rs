@@ -12,6 +12,8 @@
 //! |---|---|
 //! | `nop.fleetforge.dev/fail-observe: "N"` (also `fail-create`, `fail-update`, `fail-delete`) | the first N such calls for this object fail |
 //! | `nop.fleetforge.dev/fail-kind: Throttled` | the kind of those failures (default `OperationFailed`; `Throttled` asks to retry after 1 s) |
+//! | `nop.fleetforge.dev/retry-after: "3s"` | how long a `Throttled` failure asks to wait (its Retry-After) |
+//! | `nop.fleetforge.dev/visible-after: "3s"` | a created cluster is not found by observe for this long, as an eventually consistent cloud right after a create |
 //! | `nop.fleetforge.dev/out-of-band: "<change>"` | before the next observe, the fake cloud changes the cluster as someone outside fleetforge would: `delete`, `scale <pool>=<n>`, `version <major.minor>`, `remove-pool <pool>`; each distinct value applies once |
 //! | `nop.fleetforge.dev/crash-after-create: "true"` | the process aborts right after a create is stored, before the controller can record it (crash tests) |
 
@@ -128,6 +130,10 @@ pub struct NopCluster {
     pub busy_until: u64,
     /// Unix milliseconds when a requested deletion completes.
     pub deleted_at: Option<u64>,
+    /// Unix milliseconds before which observing does not find it, as a
+    /// cloud's eventually consistent reads right after a create.
+    #[serde(default)]
+    pub visible_at: u64,
 }
 
 /// A node pool in the fake cloud.
@@ -146,6 +152,15 @@ pub struct NopPool {
     pub max: i32,
     /// Size.
     pub desired: i32,
+}
+
+/// The duration in the annotation `nop.fleetforge.dev/<name>`, zero when
+/// absent or not a duration.
+fn annotation_duration(obj: &Cluster, name: &str) -> Duration {
+    obj.annotations()
+        .get(&format!("{ANNOTATION_PREFIX}{name}"))
+        .and_then(|t| kube::core::Duration::from_str(t).ok())
+        .map_or(Duration::ZERO, Duration::from)
 }
 
 /// Counts of calls by verb.
@@ -344,7 +359,10 @@ impl NopCloud {
                     format!("nop: injected {verb} failure {count} of {limit}"),
                 );
                 return Err(if kind == ErrorKind::Throttled {
-                    error.retry_after(Duration::from_secs(1))
+                    let after = Some(annotation_duration(obj, "retry-after"))
+                        .filter(|d| !d.is_zero())
+                        .unwrap_or(Duration::from_secs(1));
+                    error.retry_after(after)
                 } else {
                     error
                 });
@@ -450,10 +468,10 @@ impl ExternalClient<Cluster> for NopCloud {
             .entry(external_name.to_string())
             .or_insert(0) += 1;
         self.enter(obj, "observe", &self.calls.observe).await?;
-        let Some(cluster) = self.get(external_name) else {
+        let now = now_ms();
+        let Some(cluster) = self.get(external_name).filter(|c| now >= c.visible_at) else {
             return Ok(None);
         };
-        let now = now_ms();
         let state = match cluster.deleted_at {
             Some(at) if at <= now => {
                 self.remove(external_name);
@@ -530,6 +548,7 @@ impl ExternalClient<Cluster> for NopCloud {
             ready_at: now + self.settings().ready_delay.as_millis() as u64,
             busy_until: 0,
             deleted_at: None,
+            visible_at: now + annotation_duration(obj, "visible-after").as_millis() as u64,
         });
         if obj
             .annotations()
