@@ -151,6 +151,18 @@ async fn the_controller_runs_under_its_rbac_and_kubectl_shows_the_clusters() {
                 metrics.contains("fleetforge_provider_calls_total{provider=\"nop\",verb=\"create\",outcome=\"ok\"} 1"),
                 "{metrics}"
             );
+            // The standard process metrics, with real values.
+            let sample = |name: &str| -> f64 {
+                metrics
+                    .lines()
+                    .find_map(|line| line.strip_prefix(&format!("{name} ")))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{metrics}"))
+            };
+            assert!(sample("process_resident_memory_bytes") > 1e6);
+            assert!(sample("process_cpu_seconds_total") > 0.0);
+            assert!(sample("process_open_fds") > 0.0);
+            assert!(sample("process_max_fds") >= sample("process_open_fds"));
 
             // Deleting through kubectl removes the cluster, then the object.
             kubectl(&admin_kubeconfig(), &["delete", "cluster", "dev-1", "-n", &ns, "--timeout=60s"]);

@@ -591,6 +591,79 @@ fn the_demo_runs_the_platform_on_local_clusters() {
         pid
     );
 
+    // The management API server away for longer than a lease lasts (a
+    // laptop suspend): the controller keeps running and reconciling.
+    let apiserver: Vec<u32> =
+        pids_mentioning(&home.path().join("management").display().to_string())
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                    let program = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+                    String::from_utf8_lossy(program).ends_with("kube-apiserver")
+                })
+            })
+            .collect();
+    assert!(
+        !apiserver.is_empty(),
+        "the management kube-apiserver was not found"
+    );
+    let signal = |name: &str| {
+        for pid in &apiserver {
+            Command::new("kill")
+                .args([name, &pid.to_string()])
+                .status()
+                .unwrap();
+        }
+    };
+    signal("-STOP");
+    std::thread::sleep(Duration::from_secs(20));
+    signal("-CONT");
+    let controller_pid: u32 = pid.trim().parse().unwrap();
+    assert!(
+        Path::new(&format!("/proc/{controller_pid}")).exists(),
+        "the controller exited while the API server was away; its log:\n{}",
+        std::fs::read_to_string(home.path().join("controller.log")).unwrap_or_default()
+    );
+    // kubectl retries while the API server wakes up; the scale must then
+    // be carried out by the controller that lived through the outage.
+    wait_for(
+        "the API server to answer again",
+        Duration::from_secs(60),
+        || {
+            Command::new(tools::binary("kubectl").unwrap())
+                .args(["get", "--raw", "/readyz"])
+                .env("KUBECONFIG", &management)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|_| ())
+                .ok_or_else(|| "not ready".to_string())
+        },
+    );
+    kubectl(
+        &management,
+        &[
+            "patch",
+            "cluster",
+            "-n",
+            "platform",
+            "staging",
+            "--type=json",
+            "-p",
+            r#"[{"op": "replace", "path": "/spec/nodePools/1/desired", "value": 4}]"#,
+        ],
+    );
+    wait_for(
+        "the scale after the outage to be carried out",
+        Duration::from_secs(90),
+        || {
+            let apps = nodes(&staging, "apps");
+            (apps.len() == 4).then_some(()).ok_or(format!("{apps:?}"))
+        },
+    );
+    let log = std::fs::read_to_string(home.path().join("controller.log")).unwrap_or_default();
+    assert!(log.contains("leader election is off"), "{log}");
+
     // Deleting a Cluster removes its kwokctl cluster and its processes.
     let dev1_dir = home.path().join("clusters/clusters/dev-1");
     assert!(!pids_mentioning(&dev1_dir.display().to_string()).is_empty());

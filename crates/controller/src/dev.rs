@@ -308,6 +308,11 @@ fn start_controller(home: &Home, args: &UpArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the fleetforge binary")?;
     let mut child = Command::new(exe)
         .arg("controller")
+        // The only controller of this management plane: without a Lease
+        // to lose it keeps running through an API server that is away for
+        // a while (a laptop suspend, a restart of the plane), where a
+        // leader would exit and, detached, nothing would restart it.
+        .arg("--leader-elect=false")
         .arg("--metrics-addr")
         .arg(args.metrics_addr.to_string())
         .arg("--tools-bin")
@@ -340,7 +345,7 @@ fn start_controller(home: &Home, args: &UpArgs) -> anyhow::Result<()> {
     let pid = child.id();
     std::fs::write(home.pid_file(), format!("{pid}\n"))?;
     say(format!(
-        "starting the controller (pid {pid}, log {}, metrics http://{}/metrics)",
+        "starting the controller without leader election, as the only one (pid {pid}, log {}, metrics http://{}/metrics)",
         home.log_file().display(),
         args.metrics_addr
     ));

@@ -78,7 +78,19 @@ impl Candidate {
         let mut last_renewed = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(self.timing.retry_period).await;
-            match self.try_acquire_or_renew().await {
+            // A renewal that hangs (an API server that stopped answering)
+            // counts as failed: a leader that cannot confirm its lease
+            // within the renew deadline must stop before another replica
+            // may take over.
+            let renewal =
+                tokio::time::timeout(self.timing.renew_deadline, self.try_acquire_or_renew())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(kube::Error::Service(
+                            "the lease renewal got no answer within the renew deadline".into(),
+                        ))
+                    });
+            match renewal {
                 Ok(true) => last_renewed = tokio::time::Instant::now(),
                 Ok(false) => {
                     tracing::error!(lease = %self.name, "another candidate holds the lease");

@@ -7,6 +7,7 @@ pub mod env;
 pub mod home;
 pub mod leader;
 pub mod manifests;
+pub mod process_metrics;
 pub mod providers;
 pub mod rbac;
 pub mod run;

@@ -59,6 +59,11 @@ pub struct ControllerArgs {
     /// directory).
     #[arg(long, env = "FLEETFORGE_CHARTS_DIR", default_value = ".")]
     pub charts_dir: PathBuf,
+    /// How long after a create a cluster the provider does not list yet is
+    /// waited for (clouds are eventually consistent right after a create)
+    /// before it counts as deleted out of band and is created again.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub creation_grace_period: Duration,
     /// Environments one owner may have in a namespace at once (no limit
     /// when left out); requests over it wait, saying so.
     #[arg(long, env = "FLEETFORGE_MAX_ENVIRONMENTS_PER_OWNER")]
@@ -90,6 +95,13 @@ fn helm_binary(tools_bin: &Path) -> PathBuf {
     }
 }
 
+/// A duration flag such as `30s`, `2m` or `1h30m`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    text.parse::<kube::core::Duration>()
+        .map(Duration::from)
+        .map_err(|e| format!("{text:?} is not a duration like 30s or 2m: {e}"))
+}
+
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
@@ -112,6 +124,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let client = Client::try_from(config)
         .context("connecting to Kubernetes (KUBECONFIG, ~/.kube/config or in-cluster)")?;
     let mut registry = Registry::default();
+    registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
     let metrics = Arc::new(Metrics::register(&mut registry));
     let tool_metrics = Arc::new(fleetforge_tools::ToolMetrics::register(&mut registry));
     let health = Arc::new(Health {
@@ -149,11 +162,14 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             Timing::default(),
         )
     });
-    if let Some(candidate) = &candidate {
-        tokio::select! {
+    match &candidate {
+        Some(candidate) => tokio::select! {
             () = candidate.acquire() => {}
             () = stopped(&stop) => return Ok(()),
-        }
+        },
+        None => tracing::info!(
+            "leader election is off (--leader-elect=false): this process acts as the only controller, and keeps running while the API server is unreachable"
+        ),
     }
 
     // Stop the engine on a signal, or when leadership is lost (renewing
@@ -193,6 +209,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let options = Options {
         concurrency: args.concurrency,
         namespace: args.namespace.clone(),
+        creation_grace_period: args.creation_grace_period,
         ..Options::default()
     };
     tracing::info!(

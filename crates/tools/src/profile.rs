@@ -11,6 +11,7 @@ use fleetforge_core::conditions;
 use futures::StreamExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -77,6 +78,14 @@ impl Profiled for VirtualCluster {
     }
 }
 
+/// What every reconcile shares: the client, and the profile ToolInstalls
+/// as the watch last saw them, so that deciding whether one exists costs
+/// no request.
+struct Context {
+    client: Client,
+    installs: Store<ToolInstall>,
+}
+
 /// Runs until `shutdown` completes, for objects of kind `K`.
 pub async fn run<K: Profiled>(
     client: Client,
@@ -90,9 +99,26 @@ pub async fn run<K: Profiled>(
         .reflect(writer)
         .applied_objects()
         .predicate_filter(profile_hash::<K>, Default::default());
+    // Only profile ToolInstalls (labelled with their owner), metadata and
+    // all: a deleted one is made again by its owner's next pass.
+    let (installs, install_writer) = reflector::store::<ToolInstall>();
+    let install_events = watcher(
+        fleetforge_core::watch::scoped::<ToolInstall>(&client, namespace.as_deref()),
+        watcher::Config::default().labels(PROFILE_OF).any_semantic(),
+    )
+    .default_backoff()
+    .modify(|ti: &mut ToolInstall| ti.managed_fields_mut().clear())
+    .reflect(install_writer)
+    .touched_objects()
+    .predicate_filter(
+        |ti: &ToolInstall| Some(u64::from(ti.metadata.deletion_timestamp.is_some())),
+        Default::default(),
+    );
+    let context = Arc::new(Context { client, installs });
     Controller::for_stream(events, store)
+        .owns_stream(install_events)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile::<K>, error_policy::<K>, Arc::new(client))
+        .run(reconcile::<K>, error_policy::<K>, context)
         .for_each(|_| futures::future::ready(()))
         .await;
 }
@@ -105,21 +131,25 @@ fn profile_hash<K: Profiled>(object: &K) -> Option<u64> {
     Some(hasher.finish())
 }
 
-async fn reconcile<K: Profiled>(
-    object: Arc<K>,
-    client: Arc<Client>,
-) -> Result<Action, kube::Error> {
+async fn reconcile<K: Profiled>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, kube::Error> {
     let namespace = object.namespace().unwrap_or_default();
     let name = object.name_any();
-    let installs: Api<ToolInstall> = Api::namespaced((*client).clone(), &namespace);
+    let installs: Api<ToolInstall> = Api::namespaced(ctx.client.clone(), &namespace);
     let install = install_name(&name);
+    // The cache is complete once its first list is in; before, every
+    // profile ToolInstall would look missing.
+    if ctx.installs.wait_until_ready().await.is_err() {
+        return Ok(Action::await_change());
+    }
+    let existing = ctx
+        .installs
+        .get(&ObjectRef::new(&install).within(&namespace));
     match (object.profile(), object.meta().deletion_timestamp.is_some()) {
         (Some(profile), false) => {
             // Created once the owner is Ready; kept (and kept in step with
             // the profile) afterwards, even while it is not Ready, so that
             // its status shows the target as UNKNOWN.
-            let exists = installs.get_opt(&install).await?.is_some();
-            if object.ready() || exists {
+            if object.ready() || existing.is_some() {
                 installs
                     .patch(
                         &install,
@@ -130,10 +160,15 @@ async fn reconcile<K: Profiled>(
             }
         }
         _ => {
-            if let Some(existing) = installs.get_opt(&install).await?
+            if let Some(existing) = existing
                 && existing.labels().get(PROFILE_OF) == Some(&name)
+                && existing.metadata.deletion_timestamp.is_none()
             {
-                installs.delete(&install, &DeleteParams::default()).await?;
+                match installs.delete(&install, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
     }
@@ -166,7 +201,7 @@ pub fn desired<K: Profiled>(object: &K, profile: &str) -> Value {
     })
 }
 
-fn error_policy<K: Profiled>(object: Arc<K>, error: &kube::Error, _: Arc<Client>) -> Action {
+fn error_policy<K: Profiled>(object: Arc<K>, error: &kube::Error, _: Arc<Context>) -> Action {
     tracing::warn!(name = %object.name_any(), "profile: {error}");
     Action::requeue(Duration::from_secs(10))
 }
