@@ -243,6 +243,11 @@ impl Controller {
         Self { process, port }
     }
 
+    /// Once the process has exited: how, with its log's tail.
+    pub fn exited(&mut self) -> Option<String> {
+        self.process.ensure_running().err().map(|e| e.to_string())
+    }
+
     /// GETs `path` from the controller's HTTP endpoint: (status, body).
     pub fn get(&self, path: &str) -> (u16, String) {
         let mut stream =

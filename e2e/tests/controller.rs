@@ -146,7 +146,20 @@ async fn the_controller_runs_under_its_rbac_and_kubectl_shows_the_clusters() {
             assert_eq!(controller.get("/readyz").0, 200);
             let (status, metrics) = controller.get("/metrics");
             assert_eq!(status, 200);
-            assert!(metrics.contains("fleetforge_reconciles_total{kind=\"Cluster\"}"), "{metrics}");
+            // Every controller under the same names.
+            for controller in ["Cluster", "ProviderConfig", "ToolSet", "ToolInstall", "ClusterProfile", "VirtualClusterProfile", "VirtualCluster", "Environment"] {
+                assert!(
+                    metrics.contains(&format!("fleetforge_objects{{controller=\"{controller}\"}}")),
+                    "no objects gauge for {controller}:\n{metrics}"
+                );
+            }
+            for line in [
+                "fleetforge_reconciles_total{controller=\"Cluster\",result=\"ok\"}",
+                "fleetforge_reconciles_total{controller=\"ToolSet\",result=\"ok\"}",
+                "fleetforge_reconcile_duration_seconds_count{controller=\"Cluster\"}",
+            ] {
+                assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+            }
             assert!(
                 metrics.contains("fleetforge_provider_calls_total{provider=\"nop\",verb=\"create\",outcome=\"ok\"} 1"),
                 "{metrics}"
@@ -175,6 +188,50 @@ async fn the_controller_runs_under_its_rbac_and_kubectl_shows_the_clusters() {
             let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
             let lease = leases.get("fleetforge").await.unwrap();
             assert!(lease.spec.unwrap().holder_identity.is_none(), "the lease was not released");
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_controller_that_cannot_run_ends_the_process_naming_it() {
+    install();
+    let work = tempfile::tempdir().unwrap();
+    shared()
+        .with_temp_ns(|client, ns| async move {
+            let kubeconfig = service_account_kubeconfig(
+                shared(),
+                &client,
+                &ns,
+                &work.path().join("sa.kubeconfig"),
+            )
+            .await;
+            // The tools and VirtualCluster controllers need a work
+            // directory; with none to be had, they cannot run.
+            let missing = work.path().join("no-such-dir");
+            let mut controller = Controller::start_with_env(
+                &kubeconfig,
+                &ns,
+                &log_path(work.path()),
+                &[("TMPDIR", missing.to_str().unwrap())],
+            );
+            let deadline = std::time::Instant::now() + WAIT;
+            let exited = loop {
+                if let Some(exited) = controller.exited() {
+                    break exited;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the controller kept running without its ToolInstall controller"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            };
+            assert!(!exited.contains("exit status: 0"), "{exited}");
+            let log = std::fs::read_to_string(log_path(work.path())).unwrap();
+            assert!(
+                log.contains("controller stopped: creating the")
+                    && log.contains("exiting so that the process is restarted"),
+                "{log}"
+            );
         })
         .await;
 }

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use fleetforge_api::environment::EnvironmentPhase;
 use fleetforge_api::{Cluster, Environment, ToolInstall, ToolState, VirtualCluster, condition};
-use fleetforge_core::environment::WOKEN_AT;
 use fleetforge_e2e::local::{
     Cleanup, apply, chart, delete_clusters, release_names, start, target_client, target_kubeconfig,
 };
@@ -20,6 +19,7 @@ use fleetforge_e2e::vcluster::host_with_syncer;
 use fleetforge_e2e::{
     Controller, admin_kubeconfig, await_event, fleetforge_bin, install, workspace_root,
 };
+use fleetforge_environments::WOKEN_AT;
 use fleetforge_testenv::{await_condition, shared};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;

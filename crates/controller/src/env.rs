@@ -27,7 +27,7 @@ use crate::home;
 /// ProviderConfig dedicated environments are created in.
 pub const DEFAULTS_LABEL: &str = "fleetforge.dev/environments";
 /// Annotation `env wake` sets: the idle clock of `sleepAfter` restarts then.
-pub use fleetforge_core::environment::WOKEN_AT;
+pub use fleetforge_environments::WOKEN_AT;
 
 /// Options every `fleetforge env` command shares.
 #[derive(Debug, Clone, clap::Args)]
@@ -153,7 +153,7 @@ pub async fn run(common: Common, command: EnvCommand) -> anyhow::Result<()> {
             let created = env
                 .creation_timestamp()
                 .map_or_else(Timestamp::now, |t| t.0);
-            let expires = fleetforge_core::environment::expires_at(created, &ttl)
+            let expires = fleetforge_environments::expires_at(created, &ttl)
                 .map_err(|e| anyhow::anyhow!("--ttl: {}", e.trim_start_matches("spec.ttl: ")))?;
             if expires <= Timestamp::now() {
                 bail!("--ttl: {ttl} from its creation ({created}) has already run out");
@@ -338,7 +338,7 @@ fn the_labelled(names: Vec<String>, what: &str, flag: &str) -> anyhow::Result<St
 }
 
 async fn request(client: &Client, namespace: &str, args: RequestArgs) -> anyhow::Result<()> {
-    fleetforge_core::environment::expires_at(Timestamp::now(), &args.ttl)
+    fleetforge_environments::expires_at(Timestamp::now(), &args.ttl)
         .map_err(|e| anyhow::anyhow!("--ttl: {}", e.trim_start_matches("spec.ttl: ")))?;
     if let Some(profile) = &args.profile {
         let toolsets: Api<ToolSet> = Api::all(client.clone());

@@ -8,12 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use fleetforge_api::Cluster;
+use fleetforge_api::{Cluster, VirtualCluster};
 use fleetforge_core::{Metrics, Options};
 use fleetforge_provider_local::LocalOptions;
+use fleetforge_runtime::clients::TargetClients;
+use fleetforge_runtime::{ControllerMetrics, Readiness, Runtime, Supervisor};
 use kube::Client;
 use prometheus_client::registry::Registry;
-use tokio::sync::broadcast;
+use tokio::sync::watch;
 
 use crate::leader::{Candidate, Timing};
 use crate::server::{self, Health};
@@ -106,8 +108,9 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// Runs until SIGTERM or SIGINT (returning Ok) or until leadership is lost
-/// (returning an error, so that the process restarts as a candidate).
+/// Runs until SIGTERM or SIGINT (returning Ok), until leadership is lost,
+/// or until a controller stops by itself (both returning an error, so that
+/// the process is restarted).
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let config = kube::Config::infer()
         .await
@@ -125,33 +128,31 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         .context("connecting to Kubernetes (KUBECONFIG, ~/.kube/config or in-cluster)")?;
     let mut registry = Registry::default();
     registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
+    let controller_metrics = Arc::new(ControllerMetrics::register(&mut registry));
     let metrics = Arc::new(Metrics::register(&mut registry));
     let tool_metrics = Arc::new(fleetforge_tools::ToolMetrics::register(&mut registry));
+    let readiness = Arc::new(Readiness::default());
     let health = Arc::new(Health {
-        ready: AtomicBool::new(false),
+        readiness: readiness.clone(),
         registry,
     });
 
-    let (stop, _) = broadcast::channel::<()>(1);
-    let stopped = |stop: &broadcast::Sender<()>| {
-        let mut rx = stop.subscribe();
-        async move {
-            let _ = rx.recv().await;
-        }
-    };
+    let (stop, stopping) = watch::channel(false);
     tokio::spawn(forward_signals(stop.clone()));
+    let runtime =
+        Runtime::new(controller_metrics, stopping.clone()).with_concurrency(args.concurrency);
 
     let listener = server::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding {}", args.metrics_addr))?;
-    let server = tokio::spawn(server::serve(listener, health.clone(), stopped(&stop)));
+    let server = tokio::spawn(server::serve(listener, health.clone(), runtime.stopped()));
 
     let version = client
         .apiserver_version()
         .await
         .context("reaching the Kubernetes API server")?;
     tracing::info!(server = %version.git_version, "connected to the API server");
-    health.ready.store(true, Ordering::Relaxed);
+    readiness.set_connected();
 
     let candidate = args.leader_elect.then(|| {
         Candidate::new(
@@ -165,132 +166,113 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     match &candidate {
         Some(candidate) => tokio::select! {
             () = candidate.acquire() => {}
-            () = stopped(&stop) => return Ok(()),
+            () = runtime.stopped() => return Ok(()),
         },
         None => tracing::info!(
             "leader election is off (--leader-elect=false): this process acts as the only controller, and keeps running while the API server is unreachable"
         ),
     }
 
-    // Stop the engine on a signal, or when leadership is lost (renewing
-    // runs as its own task: the engine's shutdown future must be Sync).
+    // Leadership lost stops every controller, then the process fails.
     let lost = Arc::new(AtomicBool::new(false));
-    let (engine_stop, engine_stopped) = tokio::sync::oneshot::channel::<()>();
-    let (toolsets_stop, toolsets_stopped) = tokio::sync::oneshot::channel::<()>();
-    let (installs_stop, installs_stopped) = tokio::sync::oneshot::channel::<()>();
-    let (profiles_stop, profiles_stopped) = tokio::sync::oneshot::channel::<()>();
-    let (virtual_stop, virtual_stopped) = tokio::sync::oneshot::channel::<()>();
-    let (environments_stop, environments_stopped) = tokio::sync::oneshot::channel::<()>();
-    let (virtual_profiles_stop, virtual_profiles_stopped) = tokio::sync::oneshot::channel::<()>();
-    {
-        let candidate = candidate.clone();
+    if let Some(candidate) = candidate.clone() {
         let lost = lost.clone();
-        let signal = stopped(&stop);
+        let stop = stop.clone();
+        let stopped = runtime.stopped();
         tokio::spawn(async move {
-            match candidate {
-                Some(candidate) => tokio::select! {
-                    () = signal => {}
-                    () = candidate.hold() => lost.store(true, Ordering::Relaxed),
-                },
-                None => signal.await,
+            tokio::select! {
+                () = stopped => {}
+                () = candidate.hold() => {
+                    lost.store(true, Ordering::Relaxed);
+                    let _ = stop.send(true);
+                }
             }
-            let _ = engine_stop.send(());
-            let _ = toolsets_stop.send(());
-            let _ = installs_stop.send(());
-            let _ = profiles_stop.send(());
-            let _ = virtual_stop.send(());
-            let _ = environments_stop.send(());
-            let _ = virtual_profiles_stop.send(());
         });
     }
-    let shutdown = async move {
-        let _ = engine_stopped.await;
-    };
-    let options = Options {
-        concurrency: args.concurrency,
-        namespace: args.namespace.clone(),
-        creation_grace_period: args.creation_grace_period,
-        ..Options::default()
-    };
     tracing::info!(
         namespace = args.namespace.as_deref().unwrap_or("all"),
         "starting controllers"
     );
-    let toolsets = fleetforge_core::toolset::run(client.clone(), async move {
-        let _ = toolsets_stopped.await;
-    });
-    let installs = fleetforge_tools::run(
-        client.clone(),
-        fleetforge_tools::ToolOptions {
+    let mut supervisor = Supervisor::new(readiness, stopping);
+    let targets = Arc::new(TargetClients::new());
+    {
+        let (runtime, client) = (runtime.clone(), client.clone());
+        let providers = crate::providers::clusters(&args.local());
+        let options = Options {
+            namespace: args.namespace.clone(),
+            creation_grace_period: args.creation_grace_period,
+            ..Options::default()
+        };
+        supervisor.spawn("Cluster", async move {
+            fleetforge_core::run::<Cluster>(&runtime, client, providers, metrics, options).await;
+            Ok(())
+        });
+    }
+    {
+        let (runtime, client) = (runtime.clone(), client.clone());
+        supervisor.spawn("ToolSet", async move {
+            fleetforge_core::toolset::run(&runtime, client).await;
+            Ok(())
+        });
+    }
+    {
+        let (runtime, client) = (runtime.clone(), client.clone());
+        let options = fleetforge_tools::ToolOptions {
             helm: helm_binary(&args.tools_bin),
             namespace: args.namespace.clone(),
             concurrency: args.concurrency,
             charts_dir: absolute(&args.charts_dir),
-        },
-        tool_metrics,
-        async move {
-            let _ = installs_stopped.await;
-        },
-    );
-    let cluster_profiles = fleetforge_tools::profile::run::<Cluster>(
-        client.clone(),
-        args.namespace.clone(),
-        async move {
-            let _ = profiles_stopped.await;
-        },
-    );
-    let virtual_profiles = fleetforge_tools::profile::run::<fleetforge_api::VirtualCluster>(
-        client.clone(),
-        args.namespace.clone(),
-        async move {
-            let _ = virtual_profiles_stopped.await;
-        },
-    );
-    let profiles = async move { tokio::join!(cluster_profiles, virtual_profiles) };
-    let virtual_clusters = fleetforge_provider_vcluster::run(
-        client.clone(),
-        fleetforge_provider_vcluster::VirtualClusterOptions {
+        };
+        supervisor.spawn("ToolInstall", async move {
+            fleetforge_tools::run(&runtime, client, options, tool_metrics).await
+        });
+    }
+    {
+        let (runtime, client) = (runtime.clone(), client.clone());
+        let namespace = args.namespace.clone();
+        supervisor.spawn("ClusterProfile", async move {
+            fleetforge_tools::profile::run::<Cluster>(&runtime, client, namespace).await;
+            Ok(())
+        });
+    }
+    {
+        let (runtime, client) = (runtime.clone(), client.clone());
+        let namespace = args.namespace.clone();
+        supervisor.spawn("VirtualClusterProfile", async move {
+            fleetforge_tools::profile::run::<VirtualCluster>(&runtime, client, namespace).await;
+            Ok(())
+        });
+    }
+    {
+        let (runtime, client) = (runtime.clone(), client.clone());
+        let options = fleetforge_provider_vcluster::VirtualClusterOptions {
             helm: helm_binary(&args.tools_bin),
             namespace: args.namespace.clone(),
             charts_dir: absolute(&args.charts_dir),
             management_kubeconfig,
-        },
-        async move {
-            let _ = virtual_stopped.await;
-        },
-    );
-    let environments = fleetforge_core::environment::run(
-        client.clone(),
-        fleetforge_core::environment::EnvironmentOptions {
+        };
+        supervisor.spawn("VirtualCluster", async move {
+            fleetforge_provider_vcluster::run(&runtime, client, options).await
+        });
+    }
+    {
+        let (runtime, client) = (runtime.clone(), client.clone());
+        let options = fleetforge_environments::EnvironmentOptions {
             namespace: args.namespace.clone(),
             max_per_owner: args.max_environments_per_owner,
-        },
-        async move {
-            let _ = environments_stopped.await;
-        },
-    );
-    let clusters = fleetforge_core::run::<Cluster>(
-        client,
-        crate::providers::clusters(&args.local()),
-        metrics,
-        options,
-        shutdown,
-    );
-    let (_, _, installs, _, virtual_clusters, _) = tokio::join!(
-        clusters,
-        toolsets,
-        installs,
-        profiles,
-        virtual_clusters,
-        environments
-    );
-    if let Err(e) = installs {
-        anyhow::bail!("the ToolInstall controller could not start: {e}");
+        };
+        supervisor.spawn("Environment", async move {
+            fleetforge_environments::run(&runtime, client, options, targets).await;
+            Ok(())
+        });
     }
-    if let Err(e) = virtual_clusters {
-        anyhow::bail!("the VirtualCluster controller could not start: {e}");
+    let supervised = supervisor.wait().await;
+    let _ = stop.send(true);
+    if let Err(stopped) = supervised {
+        // /readyz says which for the moment the server still answers.
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        anyhow::bail!("{stopped}");
     }
-
     if lost.load(Ordering::Relaxed) {
         anyhow::bail!(
             "lost leadership of lease {}/{}",
@@ -301,14 +283,13 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     if let Some(candidate) = &candidate {
         candidate.release().await;
     }
-    let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Turns SIGTERM and SIGINT into a stop broadcast.
-async fn forward_signals(stop: broadcast::Sender<()>) {
+/// Turns SIGTERM and SIGINT into the stop signal.
+async fn forward_signals(stop: watch::Sender<bool>) {
     let mut terminate =
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(signal) => signal,
@@ -321,7 +302,7 @@ async fn forward_signals(stop: broadcast::Sender<()>) {
         _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
     }
-    let _ = stop.send(());
+    let _ = stop.send(true);
 }
 
 /// This replica's name in the Lease: the pod (host) name and process id.

@@ -1,9 +1,9 @@
 //! The controller's HTTP endpoints: `/metrics` (Prometheus text format),
-//! `/healthz` (the process runs) and `/readyz` (it reached the API server).
+//! `/healthz` (the process runs) and `/readyz` (it reached the API server
+//! and every controller runs; otherwise it says which stopped).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -15,8 +15,8 @@ use prometheus_client::registry::Registry;
 /// What the endpoints report on.
 #[derive(Debug)]
 pub struct Health {
-    /// Set once the API server answered.
-    pub ready: AtomicBool,
+    /// Whether the API server answered and every controller runs.
+    pub readiness: Arc<fleetforge_runtime::Readiness>,
     /// The metrics registry.
     pub registry: Registry,
 }
@@ -64,12 +64,8 @@ async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
-    if health.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not connected to the API server yet",
-        )
+    match health.readiness.problem() {
+        None => (StatusCode::OK, "ok".to_string()),
+        Some(problem) => (StatusCode::SERVICE_UNAVAILABLE, problem),
     }
 }

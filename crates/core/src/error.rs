@@ -39,3 +39,16 @@ impl Error {
         }
     }
 }
+
+impl fleetforge_runtime::ReconcileError for Error {
+    fn category(&self) -> &'static str {
+        Error::category(self)
+    }
+
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::Provider(e) => e.retry_after,
+            _ => None,
+        }
+    }
+}

@@ -5,9 +5,7 @@
 pub mod cluster;
 pub mod conditions;
 pub mod crds;
-pub mod environment;
 pub mod error;
-pub mod events;
 pub mod finalizer;
 pub mod managed;
 pub mod metrics;
@@ -18,6 +16,7 @@ pub mod toolset;
 pub mod watch;
 
 pub use error::Error;
+pub use fleetforge_runtime::events;
 pub use managed::{Engine, Managed, Options, Providers, run};
 pub use metrics::Metrics;
 pub use provider::{

@@ -22,19 +22,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use fleetforge_api::provider_config::CredentialsSource;
 use fleetforge_api::{
     DeletionPolicy, DriftPolicy, DriftStatus, FIELD_MANAGER, FINALIZER, IN_USE_FINALIZER,
     ManagementPolicy, ProviderConfig, ProviderKind, annotation, condition, label,
 };
-use futures::{Future, StreamExt};
+use futures::Future;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -46,12 +45,14 @@ use crate::cluster::FieldDiff;
 use crate::conditions::{self, Desired};
 use crate::error::Error;
 use crate::events::{EventType, Recorder};
-use crate::metrics::{CallLabels, DriftLabels, ErrorLabels, KindLabels, Metrics};
+use crate::metrics::{CallLabels, DriftLabels, Metrics};
 use crate::provider::{
     ConnectionDetails, Credentials, ExternalClient, ExternalState, Observation, ProviderFactory,
     Refusal,
 };
 use crate::ratelimit::RateLimits;
+use fleetforge_runtime::Runtime;
+use fleetforge_runtime::ready::Gate;
 
 /// The policies of a managed object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,12 +184,6 @@ pub struct Options {
     pub active_interval: Duration,
     /// How long a provider client (and the credentials it holds) is reused.
     pub client_ttl: Duration,
-    /// First retry delay after an error.
-    pub backoff_min: Duration,
-    /// Longest retry delay after repeated errors.
-    pub backoff_max: Duration,
-    /// Reconciles running at once.
-    pub concurrency: u16,
     /// Name reported as the source of events.
     pub reporter: String,
     /// Only manage objects in this namespace (all namespaces when `None`).
@@ -204,9 +199,6 @@ impl Default for Options {
         Self {
             active_interval: Duration::from_secs(5),
             client_ttl: Duration::from_secs(300),
-            backoff_min: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(300),
-            concurrency: 32,
             reporter: "fleetforge".to_string(),
             namespace: None,
             creation_grace_period: Duration::from_secs(30),
@@ -225,6 +217,8 @@ pub struct Engine<K: Managed> {
     client: Client,
     providers: Providers<K>,
     provider_configs: Store<ProviderConfig>,
+    /// Open once the ProviderConfigs have been listed.
+    provider_configs_listed: Gate,
     /// ProviderConfigs whose users may have changed (an object appeared
     /// that the config does not count yet, or one went).
     config_users_changed: tokio::sync::mpsc::UnboundedSender<String>,
@@ -232,7 +226,6 @@ pub struct Engine<K: Managed> {
     metrics: Arc<Metrics>,
     rate_limits: RateLimits,
     clients: tokio::sync::Mutex<HashMap<String, CachedClient<K>>>,
-    backoffs: Mutex<HashMap<ObjectRef<K>, ExponentialBackoff>>,
     published: Mutex<HashMap<ObjectRef<K>, u64>>,
     /// The status this process last wrote for each object, until the next
     /// pass of that object. A pass that starts from a cached object
@@ -243,14 +236,14 @@ pub struct Engine<K: Managed> {
     options: Options,
 }
 
-/// Runs the managed reconciler for kind `K`, and the ProviderConfig status
-/// reconciler, until `shutdown` completes.
+/// Runs the managed reconciler for kind `K`, and the ProviderConfig
+/// reconciler, on `runtime` until the process stops.
 pub async fn run<K: Managed>(
+    runtime: &Runtime,
     client: Client,
     providers: Providers<K>,
     metrics: Arc<Metrics>,
     options: Options,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let (config_store, config_writer) = reflector::store::<ProviderConfig>();
     let objects: Api<K> = match &options.namespace {
@@ -270,12 +263,12 @@ pub async fn run<K: Managed>(
         recorder: Recorder::new(client.clone(), &options.reporter),
         client: client.clone(),
         providers,
+        provider_configs_listed: Gate::of(&config_store),
         provider_configs: config_store,
         config_users_changed: users_changed,
         metrics,
         rate_limits: RateLimits::default(),
         clients: tokio::sync::Mutex::new(HashMap::new()),
-        backoffs: Mutex::new(HashMap::new()),
         published: Mutex::new(HashMap::new()),
         written: Mutex::new(HashMap::new()),
         options,
@@ -289,25 +282,10 @@ pub async fn run<K: Managed>(
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
 
-    let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let shutdown_signal = {
-        let tx = shutdown_tx.clone();
-        async move {
-            shutdown.await;
-            let _ = tx.send(());
-        }
-    };
-    let waiter = |tx: &tokio::sync::broadcast::Sender<()>| {
-        let mut rx = tx.subscribe();
-        async move {
-            let _ = rx.recv().await;
-        }
-    };
-
     let users = object_store.clone();
-    let objects_controller = Controller::for_stream(object_events, object_store.clone())
-        .with_config(ControllerConfig::default().concurrency(engine.options.concurrency))
-        .watches_stream(config_events, move |config: ProviderConfig| {
+    let objects_controller = Controller::for_stream(object_events, object_store).watches_stream(
+        config_events,
+        move |config: ProviderConfig| {
             let name = config.name_any();
             users
                 .state()
@@ -315,10 +293,10 @@ pub async fn run<K: Managed>(
                 .filter(|obj| obj.provider_config_name() == name)
                 .map(|obj| ObjectRef::from(&*obj))
                 .collect::<Vec<_>>()
-        })
-        .graceful_shutdown_on(waiter(&shutdown_tx))
-        .run(reconcile::<K>, error_policy::<K>, engine.clone())
-        .for_each(|_| futures::future::ready(()));
+        },
+    );
+    let objects_controller =
+        runtime.run(K::KIND, objects_controller, engine.clone(), reconcile::<K>);
 
     let users_changes = futures::stream::unfold(users_changes, |mut changes| async move {
         changes
@@ -328,39 +306,14 @@ pub async fn run<K: Managed>(
     });
     let configs: Api<ProviderConfig> = Api::all(client.clone());
     let configs_controller = Controller::new(configs, watcher::Config::default().any_semantic())
-        .reconcile_on(users_changes)
-        .graceful_shutdown_on(waiter(&shutdown_tx))
-        .run(
-            reconcile_provider_config::<K>,
-            config_error_policy::<K>,
-            engine.clone(),
-        )
-        .for_each(|_| futures::future::ready(()));
-
-    let gauge = {
-        let engine = engine.clone();
-        let mut stop = shutdown_tx.subscribe();
-        async move {
-            loop {
-                let count = i64::try_from(object_store.state().len()).unwrap_or(i64::MAX);
-                engine
-                    .metrics
-                    .managed_objects
-                    .get_or_create(&KindLabels { kind: K::KIND })
-                    .set(count);
-                tokio::select! {
-                    _ = stop.recv() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
-                }
-            }
-        }
-    };
-    tokio::join!(
-        shutdown_signal,
-        objects_controller,
+        .reconcile_on(users_changes);
+    let configs_controller = runtime.run(
+        "ProviderConfig",
         configs_controller,
-        gauge
+        engine,
+        reconcile_provider_config::<K>,
     );
+    tokio::join!(objects_controller, configs_controller);
 }
 
 /// What in an object should trigger a reconcile: the spec (generation),
@@ -387,75 +340,18 @@ fn trigger_hash<K: Resource>(obj: &K) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// One reconcile of `obj`.
+/// One reconcile of `obj`; a failure is also told in status and an event.
 pub async fn reconcile<K: Managed>(obj: Arc<K>, engine: Arc<Engine<K>>) -> Result<Action, Error> {
-    let kind = KindLabels { kind: K::KIND };
-    engine.metrics.reconciles.get_or_create(&kind).inc();
-    let in_flight = engine.metrics.in_flight.get_or_create(&kind).clone();
-    in_flight.inc();
-    let started = Instant::now();
     // Before the first list of ProviderConfigs is in, every object would
     // look like its account is missing (and write that, then undo it).
-    let _ = engine.provider_configs.wait_until_ready().await;
+    engine.provider_configs_listed.wait().await;
     let obj = engine.with_written_status(obj);
     let mut pass = Pass::new(&engine, &obj);
     let result = pass.run().await;
-    in_flight.dec();
-    engine
-        .metrics
-        .reconcile_duration
-        .get_or_create(&kind)
-        .observe(started.elapsed().as_secs_f64());
-    match &result {
-        Ok(_) => {
-            engine
-                .backoffs
-                .lock()
-                .expect("backoff map")
-                .remove(&ObjectRef::from(&*obj));
-        }
-        Err(error) => pass.report_error(error).await,
+    if let Err(error) = &result {
+        pass.report_error(error).await;
     }
     result
-}
-
-/// Backs off after a failed reconcile: exponential with jitter per object,
-/// at least as long as the provider asked.
-pub fn error_policy<K: Managed>(obj: Arc<K>, error: &Error, engine: Arc<Engine<K>>) -> Action {
-    engine
-        .metrics
-        .reconcile_errors
-        .get_or_create(&ErrorLabels {
-            kind: K::KIND,
-            category: error.category(),
-        })
-        .inc();
-    let delay = {
-        let mut backoffs = engine.backoffs.lock().expect("backoff map");
-        let backoff = backoffs.entry(ObjectRef::from(&*obj)).or_insert_with(|| {
-            ExponentialBuilder::default()
-                .with_min_delay(engine.options.backoff_min)
-                .with_max_delay(engine.options.backoff_max)
-                .with_factor(2.0)
-                .with_jitter()
-                .without_max_times()
-                .build()
-        });
-        backoff.next().unwrap_or(engine.options.backoff_max)
-    };
-    let delay = match error {
-        Error::Provider(e) => e.retry_after.map_or(delay, |after| delay.max(after)),
-        _ => delay,
-    };
-    tracing::warn!(
-        kind = K::KIND,
-        name = %obj.name_any(),
-        namespace = obj.namespace().unwrap_or_default(),
-        category = error.category(),
-        retry_in = ?delay,
-        "reconcile failed: {error}"
-    );
-    Action::requeue(delay)
 }
 
 /// The state of one reconcile of one object.
@@ -1704,14 +1600,10 @@ impl<'a, K: Managed> Pass<'a, K> {
 
     async fn event(&self, type_: EventType, reason: &str, action: &str, note: String) {
         let regarding = self.obj.object_ref(&());
-        if let Err(e) = self
-            .engine
+        self.engine
             .recorder
             .publish(&regarding, type_, reason, action, &note)
-            .await
-        {
-            tracing::warn!(name = %self.name, "could not publish event {reason}: {e}");
-        }
+            .await;
     }
 
     /// After a failed reconcile: `Synced=False` with the error's category,
@@ -1879,8 +1771,7 @@ async fn reconcile_provider_config<K: Managed>(
                 "Delete",
                 &in_use.message,
             )
-            .await
-            .unwrap_or_else(|e| tracing::warn!(name, "could not publish event: {e}"));
+            .await;
     }
 
     let result = engine.connect(&config).await;
@@ -1982,15 +1873,6 @@ pub fn usage_condition(kind: &str, users: &[String], deleting: bool) -> Desired 
     } else {
         Desired::yes(condition::IN_USE, "InUse", used)
     }
-}
-
-fn config_error_policy<K: Managed>(
-    _: Arc<ProviderConfig>,
-    error: &Error,
-    _: Arc<Engine<K>>,
-) -> Action {
-    tracing::warn!("ProviderConfig reconcile failed: {error}");
-    Action::requeue(Duration::from_secs(30))
 }
 
 /// `base` moved randomly by up to `fraction` of itself either way, so that

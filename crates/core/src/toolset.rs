@@ -3,10 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use fleetforge_api::{FIELD_MANAGER, Tool, ToolSet, condition};
-use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -97,16 +95,12 @@ fn find_cycle(stuck: &[&Tool]) -> Vec<String> {
     }
 }
 
-/// Runs the ToolSet reconciler until `shutdown` completes.
-pub async fn run(
-    client: Client,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
+/// Runs the ToolSet reconciler until the process stops.
+pub async fn run(runtime: &fleetforge_runtime::Runtime, client: Client) {
     let api: Api<ToolSet> = Api::all(client.clone());
-    Controller::new(api, watcher::Config::default().any_semantic())
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, Arc::new(client))
-        .for_each(|_| futures::future::ready(()))
+    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    runtime
+        .run("ToolSet", controller, Arc::new(client), reconcile)
         .await;
 }
 
@@ -159,11 +153,6 @@ async fn reconcile(set: Arc<ToolSet>, client: Arc<Client>) -> Result<Action, kub
         )
         .await?;
     Ok(Action::await_change())
-}
-
-fn error_policy(set: Arc<ToolSet>, error: &kube::Error, _: Arc<Client>) -> Action {
-    tracing::warn!(name = %set.name_any(), "ToolSet status: {error}");
-    Action::requeue(Duration::from_secs(10))
 }
 
 #[cfg(test)]

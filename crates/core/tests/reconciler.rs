@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use fleetforge_api::{Cluster, ProviderConfig, ProviderKind, annotation, condition};
 use fleetforge_core::{Metrics, Options, Providers};
 use fleetforge_provider_nop::{NopCloud, NopCluster, NopFactory, NopPool};
+use fleetforge_runtime::backoff::BackoffSettings;
+use fleetforge_runtime::{ControllerMetrics, Runtime};
 use fleetforge_testenv::{Requests, await_condition, shared, with_temp_ns};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
@@ -29,13 +31,13 @@ struct Harness {
     metrics: Arc<Metrics>,
     /// Every request the engine made (its client records them).
     requests: Requests,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Drop for Harness {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
     }
 }
@@ -84,25 +86,25 @@ impl Harness {
     async fn spawn_engine(&mut self) {
         let (client, requests) = shared().counting_client().await.unwrap();
         self.requests = requests;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let runtime = Runtime::new(Arc::new(ControllerMetrics::default()), stopping).with_backoff(
+            BackoffSettings {
+                min: Duration::from_millis(200),
+                max: Duration::from_secs(2),
+            },
+        );
         let options = Options {
             active_interval: Duration::from_millis(200),
-            backoff_min: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(2),
             creation_grace_period: Duration::from_secs(3),
             namespace: Some(self.namespace.clone()),
             ..Options::default()
         };
         self.metrics = Arc::new(Metrics::default());
-        tokio::spawn(fleetforge_core::run::<Cluster>(
-            client,
-            Providers::default().register(ProviderKind::Nop, self.nop.clone()),
-            self.metrics.clone(),
-            options,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let providers = Providers::default().register(ProviderKind::Nop, self.nop.clone());
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            fleetforge_core::run::<Cluster>(&runtime, client, providers, metrics, options).await;
+        });
         self.stop = Some(stop);
     }
 
@@ -110,7 +112,7 @@ impl Harness {
     /// new leader) does; the fake cloud keeps its clusters.
     async fn restart(&mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         self.spawn_engine().await;

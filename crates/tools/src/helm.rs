@@ -80,13 +80,18 @@ impl Helm {
         kubeconfig: &Path,
         release: &ReleaseRequest<'_>,
     ) -> Result<String, HelmError> {
-        let values_file = tempfile::Builder::new()
-            .prefix("values-")
-            .suffix(".json")
-            .tempfile_in(&self.home)
-            .map_err(|e| HelmError::Unavailable(format!("writing a values file: {e}")))?;
-        std::fs::write(values_file.path(), release.values.to_string())
-            .map_err(|e| HelmError::Unavailable(format!("writing a values file: {e}")))?;
+        let home = self.home.clone();
+        let values = release.values.to_string();
+        let values_file = fleetforge_runtime::blocking(move || {
+            let file = tempfile::Builder::new()
+                .prefix("values-")
+                .suffix(".json")
+                .tempfile_in(&home)?;
+            std::fs::write(file.path(), values)?;
+            Ok::<_, std::io::Error>(file)
+        })
+        .await
+        .map_err(|e| HelmError::Unavailable(format!("writing a values file: {e}")))?;
         let mut args: Vec<String> = vec!["upgrade".into(), "--install".into(), release.name.into()];
         args.extend(chart_args(release.chart));
         args.extend([
@@ -364,8 +369,15 @@ pub async fn releases_in(
             }
             other => HelmError::Unreachable(other.to_string()),
         })?;
+    // Releases are gzipped JSON, often megabytes: decoded off the async
+    // executor's threads.
+    Ok(fleetforge_runtime::blocking(move || current_releases(&list.items)).await)
+}
+
+/// The newest revision of each release among Helm's storage Secrets.
+fn current_releases(items: &[Secret]) -> BTreeMap<(String, String), Release> {
     let mut current: BTreeMap<(String, String), Release> = BTreeMap::new();
-    for secret in &list.items {
+    for secret in items {
         let release = match decode_release(secret) {
             Ok(release) => release,
             Err(e) => {
@@ -384,7 +396,7 @@ pub async fn releases_in(
             current.insert(key, release);
         }
     }
-    Ok(current)
+    current
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::core::SelectorExt;
-use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -89,12 +89,21 @@ pub enum Error {
     Kube(#[from] kube::Error),
 }
 
-/// Runs the ToolInstall controller until `shutdown` completes.
+impl fleetforge_runtime::ReconcileError for Error {
+    fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubernetesAPIError",
+        }
+    }
+}
+
+/// Runs the ToolInstall controller until the process stops, or says why
+/// it cannot start.
 pub async fn run(
+    runtime: &fleetforge_runtime::Runtime,
     client: Client,
     options: ToolOptions,
     metrics: Arc<ToolMetrics>,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), String> {
     let work = tempfile::Builder::new()
         .prefix("fleetforge-tools-")
@@ -166,8 +175,7 @@ pub async fn run(
                 .collect::<Vec<_>>(),
         )
     });
-    Controller::for_stream(install_events, store)
-        .with_config(ControllerConfig::default().concurrency(options.concurrency))
+    let controller = Controller::for_stream(install_events, store)
         .reconcile_on(drifted)
         .watches_stream(cluster_events, move |cluster: Cluster| {
             let namespace = cluster.namespace().unwrap_or_default();
@@ -200,14 +208,9 @@ pub async fn run(
                 })
                 .map(|ti| ObjectRef::from_obj(&*ti))
                 .collect::<Vec<_>>()
-        })
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!("ToolInstall reconcile: {e}");
-            }
-        })
+        });
+    runtime
+        .run("ToolInstall", controller, context, reconcile)
         .await;
     Ok(())
 }
@@ -247,11 +250,6 @@ fn cluster_ready(cluster: &Cluster) -> bool {
         .status
         .as_ref()
         .is_some_and(|s| conditions::is_true(&s.conditions, condition::READY))
-}
-
-fn error_policy(ti: Arc<ToolInstall>, error: &Error, _: Arc<Context>) -> Action {
-    tracing::warn!(name = %ti.name_any(), "ToolInstall: {error}");
-    Action::requeue(Duration::from_secs(10))
 }
 
 /// One pass over a ToolInstall.
@@ -333,7 +331,7 @@ async fn reconcile(ti: Arc<ToolInstall>, ctx: Arc<Context>) -> Result<Action, Er
     for (type_, reason, note) in &outcome.events {
         ctx.recorder
             .publish(&ti.object_ref(&()), *type_, reason, "Install", note)
-            .await?;
+            .await;
     }
     pass.write_status(&api, outcome).await?;
     Ok(Action::requeue(requeue))
@@ -359,7 +357,7 @@ async fn finalize(
         for (type_, reason, note) in report.events.drain(..) {
             ctx.recorder
                 .publish(&ti.object_ref(&()), type_, reason, "Delete", &note)
-                .await?;
+                .await;
         }
         if !report.removed {
             remaining.push(report);
@@ -389,7 +387,7 @@ async fn finalize(
             "Delete",
             &note,
         )
-        .await?;
+        .await;
     pass.write_status(api, outcome).await?;
     Ok(Action::requeue(Duration::from_secs(10)))
 }
@@ -772,7 +770,7 @@ impl<'a> Pass<'a> {
                 "Resolve",
                 &message,
             )
-            .await?;
+            .await;
         Ok(Action::requeue(Duration::from_secs(30)))
     }
 

@@ -4,11 +4,9 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
-use std::time::Duration;
 
 use fleetforge_api::{Cluster, ToolInstall, VirtualCluster, condition, label};
 use fleetforge_core::conditions;
-use futures::StreamExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -38,6 +36,8 @@ pub trait Profiled:
     + Sync
     + 'static
 {
+    /// The name of the profile controller of this kind (metrics, logs).
+    const CONTROLLER: &'static str;
     /// `spec.profile`.
     fn profile(&self) -> Option<&str>;
     /// Whether the Ready condition holds.
@@ -47,6 +47,8 @@ pub trait Profiled:
 }
 
 impl Profiled for Cluster {
+    const CONTROLLER: &'static str = "ClusterProfile";
+
     fn profile(&self) -> Option<&str> {
         self.spec.profile.as_deref()
     }
@@ -63,6 +65,8 @@ impl Profiled for Cluster {
 }
 
 impl Profiled for VirtualCluster {
+    const CONTROLLER: &'static str = "VirtualClusterProfile";
+
     fn profile(&self) -> Option<&str> {
         self.spec.profile.as_deref()
     }
@@ -84,13 +88,14 @@ impl Profiled for VirtualCluster {
 struct Context {
     client: Client,
     installs: Store<ToolInstall>,
+    listed: fleetforge_runtime::ready::Gate,
 }
 
-/// Runs until `shutdown` completes, for objects of kind `K`.
+/// Runs until the process stops, for objects of kind `K`.
 pub async fn run<K: Profiled>(
+    runtime: &fleetforge_runtime::Runtime,
     client: Client,
     namespace: Option<String>,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let objects: Api<K> = fleetforge_core::watch::scoped(&client, namespace.as_deref());
     let (store, writer) = reflector::store::<K>();
@@ -114,12 +119,14 @@ pub async fn run<K: Profiled>(
         |ti: &ToolInstall| Some(u64::from(ti.metadata.deletion_timestamp.is_some())),
         Default::default(),
     );
-    let context = Arc::new(Context { client, installs });
-    Controller::for_stream(events, store)
-        .owns_stream(install_events)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile::<K>, error_policy::<K>, context)
-        .for_each(|_| futures::future::ready(()))
+    let context = Arc::new(Context {
+        client,
+        listed: fleetforge_runtime::ready::Gate::of(&installs),
+        installs,
+    });
+    let controller = Controller::for_stream(events, store).owns_stream(install_events);
+    runtime
+        .run(K::CONTROLLER, controller, context, reconcile::<K>)
         .await;
 }
 
@@ -138,7 +145,7 @@ async fn reconcile<K: Profiled>(object: Arc<K>, ctx: Arc<Context>) -> Result<Act
     let install = install_name(&name);
     // The cache is complete once its first list is in; before, every
     // profile ToolInstall would look missing.
-    if ctx.installs.wait_until_ready().await.is_err() {
+    if !ctx.listed.wait().await {
         return Ok(Action::await_change());
     }
     let existing = ctx
@@ -199,11 +206,6 @@ pub fn desired<K: Profiled>(object: &K, profile: &str) -> Value {
             "targets": object.targets(),
         },
     })
-}
-
-fn error_policy<K: Profiled>(object: Arc<K>, error: &kube::Error, _: Arc<Context>) -> Action {
-    tracing::warn!(name = %object.name_any(), "profile: {error}");
-    Action::requeue(Duration::from_secs(10))
 }
 
 #[cfg(test)]

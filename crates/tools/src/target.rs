@@ -97,7 +97,10 @@ impl Connections {
             return Ok(existing.clone());
         }
         let path = self.dir.join(format!("{namespace}--{name}"));
-        write_private(&path, kubeconfig).map_err(|e| format!("writing the kubeconfig: {e}"))?;
+        let (file, content) = (path.clone(), kubeconfig.to_vec());
+        fleetforge_runtime::blocking(move || write_private(&file, &content))
+            .await
+            .map_err(|e| format!("writing the kubeconfig: {e}"))?;
         let config = config_from(kubeconfig).await?;
         let client = client_with(config.clone(), READ_TIMEOUT)?;
         let watch_client = client_with(config, WATCH_READ_TIMEOUT)?;

@@ -38,14 +38,12 @@ async fn profiles_become_tool_installs_without_reading_tool_installs() {
     with_temp_ns(|admin, ns| async move {
         fleetforge_core::crds::install(&admin).await.unwrap();
         let (client, requests) = shared().counting_client().await.unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(fleetforge_tools::profile::run::<Cluster>(
-            client,
-            Some(ns.clone()),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let runtime = fleetforge_runtime::Runtime::new(Default::default(), stopping);
+        let namespace = ns.clone();
+        tokio::spawn(async move {
+            fleetforge_tools::profile::run::<Cluster>(&runtime, client, Some(namespace)).await;
+        });
         let clusters: Api<Cluster> = Api::namespaced(admin.clone(), &ns);
         for i in 0..5 {
             ready_cluster(&clusters, &format!("plain-{i}"), None).await;
@@ -90,7 +88,7 @@ async fn profiles_become_tool_installs_without_reading_tool_installs() {
             "ToolInstalls read one by one: {:?}",
             requests.all()
         );
-        let _ = stop.send(());
+        let _ = stop.send(true);
     })
     .await;
 }

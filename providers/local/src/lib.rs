@@ -120,29 +120,42 @@ impl LocalCloud {
         self.records.join(format!("{name}.json"))
     }
 
-    fn read_record(&self, name: &str) -> Option<Record> {
-        let text = std::fs::read(self.record_path(name)).ok()?;
+    // The record and kubeconfig files are read and written off the async
+    // executor's threads.
+    async fn read_record(&self, name: &str) -> Option<Record> {
+        let path = self.record_path(name);
+        let text = fleetforge_runtime::blocking(move || std::fs::read(path))
+            .await
+            .ok()?;
         serde_json::from_slice(&text).ok()
     }
 
-    fn write_record(&self, name: &str, record: &Record) -> Result<(), ProviderError> {
+    async fn write_record(&self, name: &str, record: &Record) -> Result<(), ProviderError> {
         let path = self.record_path(name);
-        let write = || -> std::io::Result<()> {
-            std::fs::create_dir_all(&self.records)?;
-            let partial = path.with_extension("json.partial");
-            std::fs::write(&partial, serde_json::to_vec_pretty(record)?)?;
-            std::fs::rename(&partial, &path)
-        };
-        write().map_err(|e| failed(format!("writing {}: {e}", path.display())))
+        let records = self.records.clone();
+        let text = serde_json::to_vec_pretty(record)
+            .map_err(|e| failed(format!("encoding {}: {e}", path.display())))?;
+        let target = path.clone();
+        let written = fleetforge_runtime::blocking(move || -> std::io::Result<()> {
+            std::fs::create_dir_all(&records)?;
+            let partial = target.with_extension("json.partial");
+            std::fs::write(&partial, text)?;
+            std::fs::rename(&partial, &target)
+        })
+        .await;
+        written.map_err(|e| failed(format!("writing {}: {e}", path.display())))
     }
 
-    fn access(&self, name: &str) -> Result<Access, ProviderError> {
-        Access::read(&self.kwokctl.kubeconfig_path(name))
+    async fn access(&self, name: &str) -> Result<Access, ProviderError> {
+        let path = self.kwokctl.kubeconfig_path(name);
+        fleetforge_runtime::blocking(move || Access::read(&path))
+            .await
             .map_err(|e| ProviderError::new(ErrorKind::Unavailable, e))
     }
 
     async fn client(&self, name: &str) -> Result<kube::Client, ProviderError> {
-        self.access(name)?
+        self.access(name)
+            .await?
             .client()
             .await
             .map_err(|e| ProviderError::new(ErrorKind::Unavailable, e))
@@ -411,11 +424,11 @@ impl ExternalClient<Cluster> for LocalCloud {
         if !self.kwokctl.exists(name) {
             return Ok(None);
         }
-        let record = self.read_record(name).unwrap_or(Record {
+        let record = self.read_record(name).await.unwrap_or(Record {
             owner: None,
             pools: Vec::new(),
         });
-        let access = self.access(name).ok();
+        let access = self.access(name).await.ok();
         let endpoint = access.as_ref().map(|a| a.server.clone());
         let connection = access.as_ref().map(|a| ConnectionDetails {
             kubeconfig: a.kubeconfig(name),
@@ -498,7 +511,7 @@ impl ExternalClient<Cluster> for LocalCloud {
         };
         // The record goes first: a create interrupted half-way leaves a
         // cluster that is still known to be ours.
-        self.write_record(name, &record)?;
+        self.write_record(name, &record).await?;
         if let Err(error) = self.kwokctl.create(name, &[]).await {
             // Leave nothing half-made; the engine retries with backoff.
             if let Err(cleanup) = self.kwokctl.delete(name).await {
@@ -506,7 +519,7 @@ impl ExternalClient<Cluster> for LocalCloud {
             }
             return Err(kwokctl_failed(error));
         }
-        let access = self.access(name)?;
+        let access = self.access(name).await?;
         access.forget_kubectl_cache();
         let client = access
             .client()
@@ -531,7 +544,7 @@ impl ExternalClient<Cluster> for LocalCloud {
         if wants_restart {
             self.restart(name).await?;
         }
-        let mut record = self.read_record(name).unwrap_or(Record {
+        let mut record = self.read_record(name).await.unwrap_or(Record {
             owner: Some(fleetforge_core::owner_of(obj)),
             pools: Vec::new(),
         });
@@ -564,7 +577,7 @@ impl ExternalClient<Cluster> for LocalCloud {
                     let entry = RecordPool::from(pool);
                     record.pools.retain(|p| p.name != pool.name);
                     record.pools.push(entry.clone());
-                    self.write_record(name, &record)?;
+                    self.write_record(name, &record).await?;
                     let size = target_size(pool, size_of(&pool.name).await?);
                     self.resize(&client, &entry, size).await?;
                 }
@@ -575,7 +588,7 @@ impl ExternalClient<Cluster> for LocalCloud {
                     let entry = RecordPool::from(spec);
                     record.pools.retain(|p| &p.name != pool);
                     record.pools.push(entry.clone());
-                    self.write_record(name, &record)?;
+                    self.write_record(name, &record).await?;
                     let size = target_size(spec, size_of(pool).await?);
                     self.resize(&client, &entry, size).await?;
                 }
@@ -588,7 +601,7 @@ impl ExternalClient<Cluster> for LocalCloud {
                     };
                     self.resize(&client, &entry, 0).await?;
                     record.pools.retain(|p| &p.name != pool);
-                    self.write_record(name, &record)?;
+                    self.write_record(name, &record).await?;
                 }
                 ClusterChange::ProviderSettings { fields } => {
                     // `state` was handled first; `nodePools[x].nodes` means a

@@ -21,7 +21,6 @@ use fleetforge_core::finalizer;
 use fleetforge_tools::helm::{self, Helm, OWNER_LABEL, ReleaseRequest};
 use fleetforge_tools::install::values_equal;
 use fleetforge_tools::target::{Connection, Connections, client_from};
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -63,11 +62,20 @@ enum Error {
     Kube(#[from] kube::Error),
 }
 
-/// Runs the VirtualCluster controller until `shutdown` completes.
+impl fleetforge_runtime::ReconcileError for Error {
+    fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubernetesAPIError",
+        }
+    }
+}
+
+/// Runs the VirtualCluster controller until the process stops, or says
+/// why it cannot start.
 pub async fn run(
+    runtime: &fleetforge_runtime::Runtime,
     client: Client,
     options: VirtualClusterOptions,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), String> {
     let work = tempfile::Builder::new()
         .prefix("fleetforge-vcluster-")
@@ -86,17 +94,15 @@ pub async fn run(
     let api =
         fleetforge_core::watch::scoped::<VirtualCluster>(&client, options.namespace.as_deref());
     let (store, events) = fleetforge_core::watch::changes(api);
-    Controller::for_stream(events, store)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, context)
-        .for_each(|_| futures::future::ready(()))
+    runtime
+        .run(
+            "VirtualCluster",
+            Controller::for_stream(events, store),
+            context,
+            reconcile,
+        )
         .await;
     Ok(())
-}
-
-fn error_policy(vc: Arc<VirtualCluster>, error: &Error, _: Arc<Context>) -> Action {
-    tracing::warn!(name = %vc.name_any(), "VirtualCluster: {error}");
-    Action::requeue(Duration::from_secs(10))
 }
 
 /// Where a VirtualCluster stands after one pass.
@@ -173,7 +179,7 @@ async fn reconcile(vc: Arc<VirtualCluster>, ctx: Arc<Context>) -> Result<Action,
     for (type_, reason, note) in events(&vc, &outcome) {
         ctx.recorder
             .publish(&vc.object_ref(&()), type_, reason, "Reconcile", &note)
-            .await?;
+            .await;
     }
     let requeue = outcome.requeue;
     write_status(&vc, &api, outcome).await?;
@@ -471,7 +477,7 @@ async fn sync(vc: &VirtualCluster, ctx: &Context) -> Result<Outcome, Error> {
                     "{verb} the vcluster chart {declared_version} into {release_ns} on {host_name}"
                 ),
             )
-            .await?;
+            .await;
     }
 
     // Asleep: the control plane is scaled to zero, there is no API to reach.
@@ -665,7 +671,7 @@ async fn finalize(
                         "Delete",
                         &e.to_string(),
                     )
-                    .await?;
+                    .await;
                 return Ok(Action::requeue(Duration::from_secs(15)));
             }
             // On a host Cluster the namespace is the vcluster's and goes
@@ -704,7 +710,7 @@ async fn finalize(
                     "Delete",
                     &format!("uninstalled {name} and removed {outcome} on {}", host.name),
                 )
-                .await?;
+                .await;
         }
         // A host that is gone (or going) takes the virtual cluster with it;
         // an unreachable one holds the finalizer unless forced.
@@ -721,7 +727,7 @@ async fn finalize(
                         annotation::FORCE_REMOVE
                     ),
                 )
-                .await?;
+                .await;
             return Ok(Action::requeue(Duration::from_secs(10)));
         }
         Err(_) => {}

@@ -71,9 +71,33 @@ impl Recorder {
         }
     }
 
-    /// Records an event about `regarding`; a repeat of the same event within
-    /// a few minutes increments its series instead of creating another.
+    /// Records an event about `regarding`, best effort: an Event is for
+    /// people, so one that cannot be written is logged and never fails the
+    /// pass that told it. A repeat of the same event within a few minutes
+    /// increments its series instead of creating another.
     pub async fn publish(
+        &self,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) {
+        if let Err(e) = self
+            .try_publish(regarding, type_, reason, action, note)
+            .await
+        {
+            tracing::warn!(
+                controller = %self.controller,
+                object = regarding.name.as_deref().unwrap_or_default(),
+                reason,
+                "could not publish an event: {e}"
+            );
+        }
+    }
+
+    /// As [`Recorder::publish`], saying whether it worked.
+    pub async fn try_publish(
         &self,
         regarding: &ObjectReference,
         type_: EventType,

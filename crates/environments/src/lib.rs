@@ -3,7 +3,7 @@
 //! profile's tools; it is deleted when its time to live runs out, can be put
 //! to sleep and woken, and a per-owner maximum holds requests back.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,6 @@ use fleetforge_api::virtual_cluster::VirtualClusterPhase;
 use fleetforge_api::{
     Cluster, Environment, FIELD_MANAGER, NodePool, ToolInstall, VirtualCluster, condition, label,
 };
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -25,9 +24,12 @@ use kube::runtime::{reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::conditions::{self, Desired};
-use crate::events::{EventType, Recorder};
-use crate::watch::scoped;
+use fleetforge_core::conditions::{self, Desired};
+use fleetforge_core::events::{EventType, Recorder};
+use fleetforge_core::finalizer;
+use fleetforge_core::watch::scoped;
+use fleetforge_runtime::Runtime;
+use fleetforge_runtime::clients::TargetClients;
 
 /// Label on an Environment's Cluster or VirtualCluster naming it.
 pub const ENVIRONMENT_LABEL: &str = "fleetforge.dev/environment";
@@ -57,26 +59,42 @@ struct Context {
     options: EnvironmentOptions,
     /// Every Environment the controller watches (for the per-owner count).
     environments: reflector::Store<Environment>,
-    /// Clients into virtual environments by kubeconfig Secret
-    /// (`namespace/name`), with the Secret's resourceVersion they were
-    /// built from: rebuilt only when the Secret changes.
-    inside: std::sync::Mutex<HashMap<String, (String, Client)>>,
+    /// Clients into environments, by their kubeconfig.
+    inside: Arc<TargetClients>,
 }
 
-/// Runs the Environment controller until `shutdown` completes.
+/// Errors of a pass, retried with the runtime's backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The management API failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl fleetforge_runtime::ReconcileError for Error {
+    fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubernetesAPIError",
+        }
+    }
+}
+
+/// Runs the Environment controller until the process stops; clients into
+/// environments come from `clients`.
 pub async fn run(
+    runtime: &Runtime,
     client: Client,
     options: EnvironmentOptions,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    clients: Arc<TargetClients>,
 ) {
     let scope = options.namespace.as_deref();
-    let (store, events) = crate::watch::changes(scoped::<Environment>(&client, scope));
+    let (store, events) = fleetforge_core::watch::changes(scoped::<Environment>(&client, scope));
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), "fleetforge-environments"),
         client: client.clone(),
         options: options.clone(),
         environments: store.clone(),
-        inside: std::sync::Mutex::new(HashMap::new()),
+        inside: clients,
     });
     // A new environment is Ready when its profile is: the child's profile
     // ToolInstall (labelled with the child's name, which is the
@@ -85,7 +103,7 @@ pub async fn run(
         let name = install.labels().get(label::PROFILE_OF)?.clone();
         Some(reflector::ObjectRef::<Environment>::new(&name).within(&install.namespace()?))
     };
-    Controller::for_stream(events, store)
+    let controller = Controller::for_stream(events, store)
         .owns(
             scoped::<VirtualCluster>(&client, scope),
             watcher::Config::default(),
@@ -98,16 +116,10 @@ pub async fn run(
             scoped::<ToolInstall>(&client, scope),
             watcher::Config::default().labels(label::PROFILE_OF),
             profile_of,
-        )
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, context)
-        .for_each(|_| futures::future::ready(()))
+        );
+    runtime
+        .run("Environment", controller, context, reconcile)
         .await;
-}
-
-fn error_policy(env: Arc<Environment>, error: &kube::Error, _: Arc<Context>) -> Action {
-    tracing::warn!(name = %env.name_any(), "Environment: {error}");
-    Action::requeue(Duration::from_secs(10))
 }
 
 /// A Go-style duration (`30m`, `8h`, `1h30m`), with an error that says
@@ -294,34 +306,25 @@ fn kubeconfig_secret(name: &str) -> String {
     format!("{name}-kubeconfig")
 }
 
-/// A client for the environment whose kubeconfig is Secret `name`: the
-/// cached one while the Secret is unchanged (one read), else built anew.
+/// A client for the environment whose kubeconfig is Secret `name`, from
+/// the shared cache (built once per kubeconfig).
 async fn client_inside(ctx: &Context, namespace: &str, name: &str) -> Option<Client> {
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
         .get_opt(name)
         .await
         .ok()??;
-    let key = format!("{namespace}/{name}");
-    let version = secret.resource_version().unwrap_or_default();
-    let cached = ctx.inside.lock().expect("client cache").get(&key).cloned();
-    if let Some((built_from, client)) = cached
-        && built_from == version
-    {
-        return Some(client);
-    }
     let text = secret.data?.get("value")?.0.clone();
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&String::from_utf8_lossy(&text)).ok()?;
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .ok()?;
-    config.connect_timeout = Some(Duration::from_secs(5));
-    config.read_timeout = Some(Duration::from_secs(10));
-    let client = Client::try_from(config).ok()?;
-    ctx.inside
-        .lock()
-        .expect("client cache")
-        .insert(key, (version, client.clone()));
-    Some(client)
+    match ctx.inside.get(&text).await {
+        Ok(target) => Some(target.client.clone()),
+        Err(e) => {
+            tracing::debug!(
+                namespace,
+                name,
+                "the environment's kubeconfig is unusable: {e}"
+            );
+            None
+        }
+    }
 }
 
 /// The metadata of every object of one kind, in all namespaces.
@@ -523,14 +526,14 @@ fn over_quota<'a>(
     })
 }
 
-async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, kube::Error> {
+async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = env.namespace().unwrap_or_default();
     let name = env.name_any();
     let api: Api<Environment> = Api::namespaced(ctx.client.clone(), &namespace);
     if env.metadata.deletion_timestamp.is_some() {
         return finalize(&env, &ctx, &api).await;
     }
-    crate::finalizer::ensure(&api, &*env).await?;
+    finalizer::ensure(&api, &*env).await?;
     let created = env
         .creation_timestamp()
         .map(|t| t.0)
@@ -563,7 +566,7 @@ async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, k
                     env.spec.ttl
                 ),
             )
-            .await?;
+            .await;
         write_status(&env, &api, Status::expired(), Some(expires), Some(estimate)).await?;
         api.delete(&name, &DeleteParams::default()).await?;
         return Ok(Action::await_change());
@@ -582,7 +585,7 @@ async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, k
                         "Admit",
                         &message,
                     )
-                    .await?;
+                    .await;
             }
             write_status(
                 &env,
@@ -677,7 +680,7 @@ async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, k
                     status.ready.message.clone()
                 },
             )
-            .await?;
+            .await;
     }
     let mut status = status;
     if env.spec.sleep_after.is_some() {
@@ -851,8 +854,8 @@ async fn finalize(
     env: &Environment,
     ctx: &Context,
     api: &Api<Environment>,
-) -> Result<Action, kube::Error> {
-    if !crate::finalizer::has(env) {
+) -> Result<Action, Error> {
+    if !finalizer::has(env) {
         return Ok(Action::await_change());
     }
     let namespace = env.namespace().unwrap_or_default();
@@ -868,11 +871,8 @@ async fn finalize(
     if remaining {
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
-    ctx.inside
-        .lock()
-        .expect("client cache")
-        .remove(&format!("{namespace}/{}", kubeconfig_secret(&name)));
-    crate::finalizer::remove(api, env).await?;
+    // Its client in the shared cache goes once it is idle.
+    finalizer::remove(api, env).await?;
     Ok(Action::await_change())
 }
 
