@@ -128,6 +128,21 @@ pub struct ClusterProviderSpec {
     pub azure: Option<AzureClusterSpec>,
 }
 
+impl ClusterProviderSpec {
+    /// The names of the blocks that are set (`aws`, `gcp`, `azure`), in
+    /// field order: what a provider checks against the one block it takes.
+    pub fn blocks_set(&self) -> Vec<&'static str> {
+        [
+            ("aws", self.aws.is_some()),
+            ("gcp", self.gcp.is_some()),
+            ("azure", self.azure.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+}
+
 /// EKS cluster settings.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -277,6 +292,12 @@ pub struct ClusterStatus {
     /// change, and at least every ten poll intervals when nothing changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_observed: Option<Time>,
+    /// The start of the last create call that succeeded: the time the
+    /// `fleetforge.dev/create-pending` annotation recorded before it. A
+    /// create-pending time later than this (and than `create-failed`) is a
+    /// create whose outcome was never recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_succeeded: Option<Time>,
 }
 
 /// A node pool as the provider reports it.

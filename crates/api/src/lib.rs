@@ -12,12 +12,13 @@ pub mod provider_config;
 pub mod schema;
 pub mod tool_install;
 pub mod tool_set;
+pub mod tool_target;
 pub mod virtual_cluster;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-pub use cluster::{Cluster, ClusterPhase, ClusterSpec, ClusterStatus};
+pub use cluster::{Cluster, ClusterPhase, ClusterProviderSpec, ClusterSpec, ClusterStatus};
 pub use common::{
     DeletionPolicy, DriftPolicy, DriftStatus, ManagementPolicy, NodePool, Reference, condition,
 };
@@ -25,6 +26,7 @@ pub use environment::{Environment, EnvironmentSpec, EnvironmentStatus};
 pub use provider_config::{ProviderConfig, ProviderConfigSpec, ProviderKind};
 pub use tool_install::{ToolInstall, ToolInstallSpec, ToolInstallStatus, ToolState};
 pub use tool_set::{Tool, ToolSet, ToolSetSpec};
+pub use tool_target::{ToolTarget, ToolTargetSpec, ToolTargetStatus};
 pub use virtual_cluster::{VirtualCluster, VirtualClusterSpec, VirtualClusterStatus};
 
 /// The API group.
@@ -79,6 +81,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         VirtualCluster::crd(),
         ToolSet::crd(),
         ToolInstall::crd(),
+        ToolTarget::crd(),
         Environment::crd(),
     ]
     .into_iter()

@@ -66,6 +66,10 @@ pub struct ControllerArgs {
     /// before it counts as deleted out of band and is created again.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub creation_grace_period: Duration,
+    /// helm processes at once, over every target (tools and
+    /// VirtualClusters share them).
+    #[arg(long, default_value_t = fleetforge_tools::helm::DEFAULT_PROCESSES)]
+    pub max_helm_processes: usize,
     /// Environments one owner may have in a namespace at once (no limit
     /// when left out); requests over it wait, saying so.
     #[arg(long, env = "FLEETFORGE_MAX_ENVIRONMENTS_PER_OWNER")]
@@ -215,16 +219,25 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             Ok(())
         });
     }
+    let (drivers, drifted) = fleetforge_tools::drivers(
+        helm_binary(&args.tools_bin),
+        args.max_helm_processes,
+        targets.clone(),
+        tool_metrics,
+    )
+    .map_err(anyhow::Error::msg)?;
     {
         let (runtime, client) = (runtime.clone(), client.clone());
         let options = fleetforge_tools::ToolOptions {
             helm: helm_binary(&args.tools_bin),
             namespace: args.namespace.clone(),
-            concurrency: args.concurrency,
             charts_dir: absolute(&args.charts_dir),
+            max_helm_processes: args.max_helm_processes,
         };
+        let drivers = drivers.clone();
         supervisor.spawn("ToolInstall", async move {
-            fleetforge_tools::run(&runtime, client, options, tool_metrics).await
+            fleetforge_tools::run_with(&runtime, client, options, drivers, drifted).await;
+            Ok(())
         });
     }
     {
@@ -246,13 +259,13 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     {
         let (runtime, client) = (runtime.clone(), client.clone());
         let options = fleetforge_provider_vcluster::VirtualClusterOptions {
-            helm: helm_binary(&args.tools_bin),
             namespace: args.namespace.clone(),
             charts_dir: absolute(&args.charts_dir),
             management_kubeconfig,
         };
+        let (helm, targets) = (drivers.helm.clone(), targets.clone());
         supervisor.spawn("VirtualCluster", async move {
-            fleetforge_provider_vcluster::run(&runtime, client, options).await
+            fleetforge_provider_vcluster::run(&runtime, client, options, helm, targets).await
         });
     }
     {
@@ -260,6 +273,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         let options = fleetforge_environments::EnvironmentOptions {
             namespace: args.namespace.clone(),
             max_per_owner: args.max_environments_per_owner,
+            sizes: Arc::new(crate::providers::clusters(&args.local())),
         };
         supervisor.spawn("Environment", async move {
             fleetforge_environments::run(&runtime, client, options, targets).await;

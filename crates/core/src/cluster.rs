@@ -6,9 +6,9 @@ use std::fmt;
 
 use fleetforge_api::cluster::{ClusterPhase, ClusterStatus, NodePoolStatus};
 use fleetforge_api::{Cluster, ClusterSpec, NodePool, ProviderConfig};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::managed::{Managed, Phase, Policies, StatusReport};
+use crate::managed::{Managed, ManagedStatus, Phase, Policies, StatusReport};
 use crate::provider::Refusal;
 
 /// What a provider reports about a cluster.
@@ -260,23 +260,25 @@ fn pool_field(pool: &str, rest: &str) -> String {
     format!("nodePools[{pool}]{rest}")
 }
 
-/// Refuses a `spec.provider` block of another cloud than `own` (`aws`,
-/// `gcp` or `azure`, whose managed service is `service`), naming the block
-/// the spec must carry instead.
+/// Refuses a `spec.provider` block other than `own` (the block the calling
+/// provider takes, for example `aws`, whose managed service is `service`),
+/// naming the block the spec must carry instead. Which blocks exist is the
+/// API's business ([`ClusterProviderSpec::blocks_set`]), not the engine's.
+///
+/// [`ClusterProviderSpec::blocks_set`]: fleetforge_api::ClusterProviderSpec::blocks_set
 pub fn refuse_other_clouds(spec: &ClusterSpec, own: &str, service: &str) -> Result<(), Refusal> {
-    let block = spec.provider.as_ref();
-    let set = [
-        ("aws", block.is_some_and(|b| b.aws.is_some())),
-        ("gcp", block.is_some_and(|b| b.gcp.is_some())),
-        ("azure", block.is_some_and(|b| b.azure.is_some())),
-    ];
+    let set = spec
+        .provider
+        .as_ref()
+        .map(|block| block.blocks_set())
+        .unwrap_or_default();
     let article = if own.starts_with(['a', 'e', 'i', 'o', 'u']) {
         "an"
     } else {
         "a"
     };
-    match set.iter().find(|(cloud, set)| *set && *cloud != own) {
-        Some((cloud, _)) => Err(Refusal {
+    match set.into_iter().find(|cloud| *cloud != own) {
+        Some(cloud) => Err(Refusal {
             reason: "InvalidSpec",
             field: format!("spec.provider.{own}"),
             message: format!(
@@ -413,9 +415,43 @@ fn control_plane_step(
     }))
 }
 
+impl ManagedStatus for ClusterStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
+    fn observed_generation(&self) -> Option<i64> {
+        self.observed_generation
+    }
+
+    fn drift(&self) -> Option<&fleetforge_api::DriftStatus> {
+        self.drift.as_ref()
+    }
+
+    fn phase(&self) -> Phase {
+        match self.phase {
+            None | Some(ClusterPhase::Pending) => Phase::Pending,
+            Some(ClusterPhase::Provisioning) => Phase::Provisioning,
+            Some(ClusterPhase::Ready) => Phase::Ready,
+            Some(ClusterPhase::Updating) => Phase::Updating,
+            Some(ClusterPhase::Deleting) => Phase::Deleting,
+            Some(ClusterPhase::Failed) => Phase::Failed,
+        }
+    }
+
+    fn last_observed(&self) -> Option<&Time> {
+        self.last_observed.as_ref()
+    }
+
+    fn create_succeeded(&self) -> Option<&Time> {
+        self.create_succeeded.as_ref()
+    }
+}
+
 impl Managed for Cluster {
     type Observed = ObservedCluster;
     type Change = ClusterChange;
+    type Status = ClusterStatus;
 
     const KIND: &'static str = "Cluster";
     const PROVIDER_CONFIG_FIELD: &'static str = "spec.providerConfigRef.name";
@@ -438,18 +474,12 @@ impl Managed for Cluster {
         self.spec.connection_secret_name(name)
     }
 
-    fn conditions(&self) -> &[Condition] {
-        self.status
-            .as_ref()
-            .map_or(&[], |s| s.conditions.as_slice())
+    fn status(&self) -> Option<&ClusterStatus> {
+        self.status.as_ref()
     }
 
-    fn status_observed_generation(&self) -> Option<i64> {
-        self.status.as_ref().and_then(|s| s.observed_generation)
-    }
-
-    fn reported_drift(&self) -> Option<&fleetforge_api::DriftStatus> {
-        self.status.as_ref().and_then(|s| s.drift.as_ref())
+    fn set_status(&mut self, status: ClusterStatus) {
+        self.status = Some(status);
     }
 
     fn differences(&self, observed: &ObservedCluster) -> Vec<FieldDiff> {
@@ -460,22 +490,18 @@ impl Managed for Cluster {
         plan(&self.spec, observed)
     }
 
-    fn status_json(&self) -> serde_json::Value {
-        serde_json::to_value(self.status.clone().unwrap_or_default()).unwrap_or_default()
-    }
-
     fn build_status(
         &self,
         report: StatusReport<'_, ObservedCluster>,
         config: Option<&ProviderConfig>,
-    ) -> serde_json::Value {
+    ) -> ClusterStatus {
         let region = self
             .spec
             .region
             .clone()
             .or_else(|| config.and_then(|c| c.spec.defaults.as_ref()?.region.clone()));
         let previous = self.status.clone().unwrap_or_default();
-        let status = ClusterStatus {
+        ClusterStatus {
             phase: Some(match report.phase {
                 Phase::Pending => ClusterPhase::Pending,
                 Phase::Provisioning => ClusterPhase::Provisioning,
@@ -505,8 +531,8 @@ impl Managed for Cluster {
             },
             drift: report.drift,
             last_observed: report.last_observed,
-        };
-        serde_json::to_value(status).unwrap_or_default()
+            create_succeeded: report.create_succeeded,
+        }
     }
 }
 

@@ -78,6 +78,21 @@ pub fn merge(
         .collect()
 }
 
+/// The condition `type_` as it stands in `conditions`, to be written
+/// again unchanged (false, not determined yet, when there is none).
+pub fn current(conditions: &[Condition], type_: &'static str) -> Desired {
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| Desired {
+            type_,
+            status: c.status == "True",
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        })
+        .unwrap_or_else(|| Desired::no(type_, "Pending", "not determined yet"))
+}
+
 /// Whether the condition of `type_` holds in `conditions`.
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     conditions

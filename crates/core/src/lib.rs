@@ -17,9 +17,9 @@ pub mod watch;
 
 pub use error::Error;
 pub use fleetforge_runtime::events;
-pub use managed::{Engine, Managed, Options, Providers, run};
+pub use managed::{Engine, MachineSizes, Managed, ManagedStatus, Options, Providers, run};
 pub use metrics::Metrics;
 pub use provider::{
-    ConnectionDetails, Credentials, ErrorKind, ExternalClient, ExternalState, Observation,
-    ProviderError, ProviderFactory, Refusal, owner_of,
+    ConnectionDetails, Credentials, ErrorKind, ExternalClient, ExternalState, MachineSize,
+    Observation, ProviderError, ProviderFactory, Refusal, owner_of,
 };

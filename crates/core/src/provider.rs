@@ -238,6 +238,25 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// The size of one machine (node) type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineSize {
+    /// vCPUs, in millicores.
+    pub millicores: u64,
+    /// Memory, in MiB.
+    pub mebibytes: u64,
+}
+
+impl MachineSize {
+    /// `vcpus` vCPUs and `gibibytes` GiB.
+    pub fn new(vcpus: u64, gibibytes: u64) -> Self {
+        Self {
+            millicores: vcpus * 1000,
+            mebibytes: gibibytes * 1024,
+        }
+    }
+}
+
 /// Builds clients for one provider kind from a ProviderConfig.
 #[async_trait]
 pub trait ProviderFactory<K: Managed>: Send + Sync {
@@ -247,6 +266,12 @@ pub trait ProviderFactory<K: Managed>: Send + Sync {
         config: &ProviderConfig,
         credentials: Credentials,
     ) -> Result<Arc<dyn ExternalClient<K>>, ProviderError>;
+
+    /// The size of `machine_type` in this provider's naming, when known
+    /// (for estimates before anything is provisioned).
+    fn machine_size(&self, _machine_type: &str) -> Option<MachineSize> {
+        None
+    }
 }
 
 #[cfg(test)]

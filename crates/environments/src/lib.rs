@@ -11,18 +11,21 @@ use fleetforge_api::cluster::ClusterPhase;
 use fleetforge_api::environment::{EnvironmentPhase, EnvironmentType, Estimate};
 use fleetforge_api::virtual_cluster::VirtualClusterPhase;
 use fleetforge_api::{
-    Cluster, Environment, FIELD_MANAGER, NodePool, ToolInstall, VirtualCluster, condition, label,
+    Cluster, Environment, FIELD_MANAGER, ToolInstall, VirtualCluster, condition, label,
 };
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::{reflector, watcher};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
+
+mod estimate;
+
+pub use estimate::estimate;
 
 use fleetforge_core::conditions::{self, Desired};
 use fleetforge_core::events::{EventType, Recorder};
@@ -45,12 +48,14 @@ const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-l
 const CHILD_MANAGER: &str = "fleetforge-environment";
 
 /// Settings of the Environment controller.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EnvironmentOptions {
     /// Only Environments in this namespace (default: all).
     pub namespace: Option<String>,
     /// Environments one owner may have in a namespace at once.
     pub max_per_owner: Option<u32>,
+    /// Machine sizes of the providers, for the estimate.
+    pub sizes: Arc<dyn fleetforge_core::MachineSizes>,
 }
 
 struct Context {
@@ -59,6 +64,8 @@ struct Context {
     options: EnvironmentOptions,
     /// Every Environment the controller watches (for the per-owner count).
     environments: reflector::Store<Environment>,
+    /// The accounts dedicated environments name (for their provider).
+    provider_configs: reflector::Store<fleetforge_api::ProviderConfig>,
     /// Clients into environments, by their kubeconfig.
     inside: Arc<TargetClients>,
 }
@@ -89,7 +96,18 @@ pub async fn run(
 ) {
     let scope = options.namespace.as_deref();
     let (store, events) = fleetforge_core::watch::changes(scoped::<Environment>(&client, scope));
+    let (provider_configs, configs_writer) = reflector::store();
+    let configs = watcher(
+        Api::<fleetforge_api::ProviderConfig>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(configs_writer)
+    .applied_objects()
+    .predicate_filter(kube::runtime::predicates::generation, Default::default());
+    let naming = store.clone();
     let context = Arc::new(Context {
+        provider_configs,
         recorder: Recorder::new(client.clone(), "fleetforge-environments"),
         client: client.clone(),
         options: options.clone(),
@@ -116,7 +134,23 @@ pub async fn run(
             scoped::<ToolInstall>(&client, scope),
             watcher::Config::default().labels(label::PROFILE_OF),
             profile_of,
-        );
+        )
+        // An account's provider decides its machine sizes: environments
+        // naming it are estimated again when it changes.
+        .watches_stream(configs, move |config: fleetforge_api::ProviderConfig| {
+            let name = config.name_any();
+            naming
+                .state()
+                .into_iter()
+                .filter(|env| {
+                    env.spec
+                        .dedicated
+                        .as_ref()
+                        .is_some_and(|d| d.provider_config_ref.name == name)
+                })
+                .map(|env| reflector::ObjectRef::from_obj(&*env))
+                .collect::<Vec<_>>()
+        });
     runtime
         .run("Environment", controller, context, reconcile)
         .await;
@@ -137,103 +171,6 @@ pub fn expires_at(created: Timestamp, ttl: &str) -> Result<Timestamp, String> {
     created
         .checked_add(ttl)
         .map_err(|e| format!("spec.ttl: {e}"))
-}
-
-/// vCPUs (in millicores) and memory (in MiB) of one machine type, from
-/// the naming schemes of the providers, or None when it is unknown.
-pub fn machine_size(machine_type: &str) -> Option<(u64, u64)> {
-    let gib = 1024;
-    // local: standard-N (N vCPUs, 4 GiB each).
-    if let Some(n) = machine_type.strip_prefix("standard-") {
-        let n: u64 = n.parse().ok()?;
-        return Some((n * 1000, n * 4 * gib));
-    }
-    // GCP: e2-standard-4, n2-highmem-8, c3-highcpu-22.
-    let parts: Vec<&str> = machine_type.split('-').collect();
-    if parts.len() == 3 {
-        let n: u64 = parts[2].parse().ok()?;
-        let per = match parts[1] {
-            "standard" => 4,
-            "highmem" => 8,
-            "highcpu" => 1,
-            _ => return None,
-        };
-        return Some((n * 1000, n * per * gib));
-    }
-    // Azure: Standard_D4s_v5, Standard_E8as_v5, Standard_F16s_v2.
-    if let Some(rest) = machine_type.strip_prefix("Standard_") {
-        let family = rest.chars().next()?;
-        let digits: String = rest[1..].chars().take_while(char::is_ascii_digit).collect();
-        let n: u64 = digits.parse().ok()?;
-        let per = match family {
-            'D' | 'B' => 4,
-            'E' => 8,
-            'F' => 2,
-            _ => return None,
-        };
-        return Some((n * 1000, n * per * gib));
-    }
-    // AWS: m7i.large, c6g.2xlarge, r7i.xlarge.
-    let (family, size) = machine_type.split_once('.')?;
-    let vcpus: u64 = match size {
-        "medium" => 1,
-        "large" => 2,
-        "xlarge" => 4,
-        other => other.strip_suffix("xlarge")?.parse::<u64>().ok()? * 4,
-    };
-    let per = match family.chars().next()? {
-        'm' | 't' => 4,
-        'c' => 2,
-        'r' => 8,
-        _ => return None,
-    };
-    Some((vcpus * 1000, vcpus * per * gib))
-}
-
-/// The control plane of a vcluster, as its chart requests it (syncer
-/// 200m / 256Mi; vcluster chart defaults).
-const VCLUSTER_REQUESTS: (u64, u64) = (200, 256);
-
-/// The size of an environment before it is provisioned: node pools times
-/// machine sizes, or a vcluster's requests. An estimate is information:
-/// pools of machine types not in the table are named and left out, never a
-/// reason not to provision.
-pub fn estimate(kind: EnvironmentType, pools: &[NodePool]) -> Estimate {
-    let mut unknown = Vec::new();
-    let (millicores, mebibytes) = match kind {
-        EnvironmentType::Virtual => VCLUSTER_REQUESTS,
-        EnvironmentType::Dedicated => {
-            let mut total = (0, 0);
-            for pool in pools {
-                let Some((cpu, memory)) = machine_size(&pool.machine_type) else {
-                    unknown.push(format!(
-                        "nodePools[{}].machineType: {}",
-                        pool.name, pool.machine_type
-                    ));
-                    continue;
-                };
-                let count = u64::try_from(pool.initial_count()).unwrap_or(0);
-                total.0 += cpu * count;
-                total.1 += memory * count;
-            }
-            total
-        }
-    };
-    let vcpu = if millicores % 1000 == 0 {
-        format!("{}", millicores / 1000)
-    } else {
-        format!("{millicores}m")
-    };
-    let memory = if mebibytes % 1024 == 0 {
-        format!("{}Gi", mebibytes / 1024)
-    } else {
-        format!("{mebibytes}Mi")
-    };
-    Estimate {
-        vcpu: Some(Quantity(vcpu)),
-        memory: Some(Quantity(memory)),
-        unknown,
-    }
 }
 
 /// The newest sign of use known without looking inside: creation, the
@@ -544,7 +481,18 @@ async fn reconcile(env: Arc<Environment>, ctx: Arc<Context>) -> Result<Action, E
         .as_ref()
         .map(|d| d.node_pools.clone())
         .unwrap_or_default();
-    let estimate = estimate(env.spec.kind, &pools);
+    let provider = env
+        .spec
+        .dedicated
+        .as_ref()
+        .and_then(|d| {
+            ctx.provider_configs
+                .get(&reflector::ObjectRef::new(&d.provider_config_ref.name))
+        })
+        .map(|c| c.spec.provider);
+    let estimate = estimate(env.spec.kind, &pools, |machine_type| {
+        provider.and_then(|kind| ctx.options.sizes.machine_size(kind, machine_type))
+    });
     let expires = match expires_at(created, &env.spec.ttl) {
         Ok(at) => at,
         Err(message) => {
@@ -879,63 +827,6 @@ async fn finalize(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn mk_pool(machine_type: &str, min: i32, desired: Option<i32>) -> NodePool {
-        NodePool {
-            name: "workers".into(),
-            machine_type: machine_type.into(),
-            min,
-            max: 10,
-            desired,
-        }
-    }
-
-    #[test]
-    fn machine_sizes_follow_each_providers_naming() {
-        assert_eq!(machine_size("standard-2"), Some((2000, 8192)));
-        assert_eq!(machine_size("e2-standard-4"), Some((4000, 16384)));
-        assert_eq!(machine_size("n2-highmem-8"), Some((8000, 65536)));
-        assert_eq!(machine_size("Standard_D4s_v5"), Some((4000, 16384)));
-        assert_eq!(machine_size("m7i.large"), Some((2000, 8192)));
-        assert_eq!(machine_size("c6g.2xlarge"), Some((8000, 16384)));
-        assert_eq!(machine_size("quantum-9000"), None);
-    }
-
-    #[test]
-    fn an_estimate_adds_pools_at_their_initial_size_and_names_unknown_types() {
-        let pools = [
-            mk_pool("standard-2", 1, Some(3)),
-            mk_pool("standard-4", 2, None),
-        ];
-        let estimate = estimate(EnvironmentType::Dedicated, &pools);
-        assert_eq!(estimate.vcpu, Some(Quantity("14".into())));
-        assert_eq!(estimate.memory, Some(Quantity("56Gi".into())));
-        assert!(estimate.unknown.is_empty());
-        let virtual_estimate = estimate_virtual();
-        assert_eq!(virtual_estimate.vcpu, Some(Quantity("200m".into())));
-        assert_eq!(virtual_estimate.memory, Some(Quantity("256Mi".into())));
-    }
-
-    #[test]
-    fn an_unknown_machine_type_is_named_and_left_out_of_the_estimate() {
-        let partial = super::estimate(
-            EnvironmentType::Dedicated,
-            &[
-                mk_pool("standard-2", 1, None),
-                mk_pool("quantum-9000", 1, None),
-            ],
-        );
-        assert_eq!(partial.vcpu, Some(Quantity("2".into())));
-        assert_eq!(partial.memory, Some(Quantity("8Gi".into())));
-        assert_eq!(
-            partial.unknown,
-            ["nodePools[workers].machineType: quantum-9000"]
-        );
-    }
-
-    fn estimate_virtual() -> Estimate {
-        estimate(EnvironmentType::Virtual, &[])
-    }
 
     #[test]
     fn expiry_is_creation_plus_ttl() {

@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
@@ -81,6 +82,23 @@ impl<Key: Hash + Eq + Clone> Backoffs<Key> {
     }
 }
 
+/// `base` moved randomly by up to `fraction` of itself either way, so that
+/// objects created together do not poll together.
+pub fn jittered(base: Duration, fraction: f64) -> Duration {
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut x = STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) ^ seed;
+    // SplitMix64 finaliser: a well-mixed 64-bit value from the counter.
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    let unit = (x >> 11) as f64 / (1u64 << 53) as f64;
+    base.mul_f64(1.0 + fraction * (2.0 * unit - 1.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +143,22 @@ mod tests {
         backoffs.reset(&"a");
         assert!(backoffs.is_empty());
         assert!(backoffs.next(&"a", None) < Duration::from_millis(300));
+    }
+
+    #[test]
+    fn jitter_stays_within_its_fraction_and_varies() {
+        let base = Duration::from_secs(60);
+        let samples: Vec<Duration> = (0..1000).map(|_| jittered(base, 0.1)).collect();
+        assert!(
+            samples
+                .iter()
+                .all(|d| *d >= Duration::from_secs(54) && *d <= Duration::from_secs(66))
+        );
+        let distinct: std::collections::BTreeSet<_> = samples.iter().collect();
+        assert!(
+            distinct.len() > 900,
+            "jitter should spread polls: {} distinct",
+            distinct.len()
+        );
     }
 }

@@ -31,8 +31,8 @@ use fleetforge_core::cluster::{
     ClusterChange, FieldDiff, ObservedCluster, ObservedNodePool, owned_tags, refuse_other_clouds,
 };
 use fleetforge_core::{
-    ConnectionDetails, Credentials, ErrorKind, ExternalClient, ExternalState, Observation,
-    ProviderError, ProviderFactory, Refusal,
+    ConnectionDetails, Credentials, ErrorKind, ExternalClient, ExternalState, MachineSize,
+    Observation, ProviderError, ProviderFactory, Refusal,
 };
 
 use crate::errors::sdk_error;
@@ -71,6 +71,24 @@ impl ProviderFactory<Cluster> for EksFactory {
         credentials: Credentials,
     ) -> Result<Arc<dyn ExternalClient<Cluster>>, ProviderError> {
         Ok(Arc::new(EksCloud::connect(config, credentials).await?))
+    }
+
+    /// `m7i.large`, `c6g.2xlarge`, `r7i.xlarge`.
+    fn machine_size(&self, machine_type: &str) -> Option<MachineSize> {
+        let (family, size) = machine_type.split_once('.')?;
+        let vcpus: u64 = match size {
+            "medium" => 1,
+            "large" => 2,
+            "xlarge" => 4,
+            other => other.strip_suffix("xlarge")?.parse::<u64>().ok()? * 4,
+        };
+        let per = match family.chars().next()? {
+            'm' | 't' => 4,
+            'c' => 2,
+            'r' => 8,
+            _ => return None,
+        };
+        Some(MachineSize::new(vcpus, vcpus * per))
     }
 }
 
@@ -932,5 +950,21 @@ mod tests {
             .unwrap_err();
         assert_eq!(error.kind, ErrorKind::AuthFailed);
         assert!(!error.message.contains("hunter2"), "{}", error.message);
+    }
+}
+
+#[cfg(test)]
+mod machine_sizes {
+    use super::*;
+
+    #[test]
+    fn ec2_sizes_are_read_from_family_and_size() {
+        let eks = EksFactory::new();
+        assert_eq!(eks.machine_size("m7i.large"), Some(MachineSize::new(2, 8)));
+        assert_eq!(
+            eks.machine_size("c6g.2xlarge"),
+            Some(MachineSize::new(8, 16))
+        );
+        assert_eq!(eks.machine_size("p4d.24xlarge"), None);
     }
 }

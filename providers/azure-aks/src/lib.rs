@@ -41,8 +41,8 @@ use fleetforge_core::cluster::{
     ClusterChange, ObservedCluster, ObservedNodePool, owned_tags, refuse_other_clouds,
 };
 use fleetforge_core::{
-    ConnectionDetails, Credentials, ErrorKind, ExternalClient, ExternalState, Observation,
-    ProviderError, ProviderFactory, Refusal,
+    ConnectionDetails, Credentials, ErrorKind, ExternalClient, ExternalState, MachineSize,
+    Observation, ProviderError, ProviderFactory, Refusal,
 };
 use serde_json::{Value, json};
 
@@ -84,6 +84,25 @@ impl ProviderFactory<Cluster> for AksFactory {
         credentials: Credentials,
     ) -> Result<Arc<dyn ExternalClient<Cluster>>, ProviderError> {
         Ok(Arc::new(AksCloud::connect(config, credentials)?))
+    }
+
+    /// `Standard_D4s_v5`, `Standard_E8as_v5`, `Standard_F16s_v2`.
+    fn machine_size(&self, machine_type: &str) -> Option<MachineSize> {
+        let rest = machine_type.strip_prefix("Standard_")?;
+        let family = rest.chars().next()?;
+        let n: u64 = rest[1..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .ok()?;
+        let per = match family {
+            'D' | 'B' => 4,
+            'E' => 8,
+            'F' => 2,
+            _ => return None,
+        };
+        Some(MachineSize::new(n, n * per))
     }
 }
 
@@ -943,5 +962,24 @@ mod tests {
         let cloud = AksCloud::connect(&config(json!({})), secret()).unwrap();
         let shown = format!("{cloud:?}");
         assert!(!shown.contains(SECRET), "{shown}");
+    }
+}
+
+#[cfg(test)]
+mod machine_sizes {
+    use super::*;
+
+    #[test]
+    fn azure_sizes_are_read_from_family_and_vcpus() {
+        let aks = AksFactory::new();
+        assert_eq!(
+            aks.machine_size("Standard_D4s_v5"),
+            Some(MachineSize::new(4, 16))
+        );
+        assert_eq!(
+            aks.machine_size("Standard_E8as_v5"),
+            Some(MachineSize::new(8, 64))
+        );
+        assert_eq!(aks.machine_size("Standard_NC6"), None);
     }
 }

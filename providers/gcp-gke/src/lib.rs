@@ -27,8 +27,8 @@ use fleetforge_core::cluster::{
     ClusterChange, ObservedCluster, ObservedNodePool, refuse_other_clouds,
 };
 use fleetforge_core::{
-    ConnectionDetails, Credentials, ErrorKind, ExternalClient, ExternalState, Observation,
-    ProviderError, ProviderFactory, Refusal,
+    ConnectionDetails, Credentials, ErrorKind, ExternalClient, ExternalState, MachineSize,
+    Observation, ProviderError, ProviderFactory, Refusal,
 };
 use google_cloud_auth::credentials::AccessTokenCredentials;
 use google_cloud_container_v1::client::ClusterManager;
@@ -63,6 +63,22 @@ impl ProviderFactory<Cluster> for GkeFactory {
         credentials: Credentials,
     ) -> Result<Arc<dyn ExternalClient<Cluster>>, ProviderError> {
         Ok(Arc::new(GkeCloud::connect(config, credentials).await?))
+    }
+
+    /// `e2-standard-4`, `n2-highmem-8`, `c3-highcpu-22`.
+    fn machine_size(&self, machine_type: &str) -> Option<MachineSize> {
+        let parts: Vec<&str> = machine_type.split('-').collect();
+        let [_, shape, n] = parts.as_slice() else {
+            return None;
+        };
+        let n: u64 = n.parse().ok()?;
+        let per = match *shape {
+            "standard" => 4,
+            "highmem" => 8,
+            "highcpu" => 1,
+            _ => return None,
+        };
+        Some(MachineSize::new(n, n * per))
     }
 }
 
@@ -684,5 +700,24 @@ mod tests {
         let scaled = fixed.set_autoscaling(autoscaling(1, 5));
         let seen = observed_pool(&scaled);
         assert_eq!((seen.min, seen.max, seen.desired), (1, 5, 3));
+    }
+}
+
+#[cfg(test)]
+mod machine_sizes {
+    use super::*;
+
+    #[test]
+    fn gce_machine_types_are_sized_by_shape() {
+        let gke = GkeFactory::new();
+        assert_eq!(
+            gke.machine_size("e2-standard-4"),
+            Some(MachineSize::new(4, 16))
+        );
+        assert_eq!(
+            gke.machine_size("n2-highmem-8"),
+            Some(MachineSize::new(8, 64))
+        );
+        assert_eq!(gke.machine_size("a2-ultragpu-1g"), None);
     }
 }

@@ -23,8 +23,8 @@ use fleetforge_core::cluster::{
     ClusterChange, FieldDiff, MinorVersion, ObservedCluster, ObservedNodePool,
 };
 use fleetforge_core::{
-    ConnectionDetails, Credentials, ErrorKind, ExternalClient, ExternalState, Observation,
-    ProviderError, ProviderFactory, Refusal,
+    ConnectionDetails, Credentials, ErrorKind, ExternalClient, ExternalState, MachineSize,
+    Observation, ProviderError, ProviderFactory, Refusal,
 };
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
@@ -79,6 +79,11 @@ impl ProviderFactory<Cluster> for LocalFactory {
         let created = Arc::new(LocalCloud::new(&self.options)?);
         *cloud = Some(created.clone());
         Ok(created)
+    }
+
+    /// `standard-N`: N vCPUs, 4 GiB each (the kwok nodes' capacity).
+    fn machine_size(&self, machine_type: &str) -> Option<MachineSize> {
+        standard_size(machine_type)
     }
 }
 
@@ -742,5 +747,22 @@ mod tests {
             drift[0].to_string(),
             "nodePools[a].nodes: spec 2..4, actual 1"
         );
+    }
+}
+
+/// `standard-N`: N vCPUs, 4 GiB each.
+pub fn standard_size(machine_type: &str) -> Option<MachineSize> {
+    let n: u64 = machine_type.strip_prefix("standard-")?.parse().ok()?;
+    Some(MachineSize::new(n, n * 4))
+}
+
+#[cfg(test)]
+mod machine_sizes {
+    use super::*;
+
+    #[test]
+    fn standard_n_is_n_vcpus_and_4_gib_each() {
+        assert_eq!(standard_size("standard-2"), Some(MachineSize::new(2, 8)));
+        assert_eq!(standard_size("gpu-a100-8"), None);
     }
 }

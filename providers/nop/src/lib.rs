@@ -77,6 +77,13 @@ impl ProviderFactory<Cluster> for NopFactory {
         cloud.configure(settings);
         Ok(cloud.clone())
     }
+
+    /// `standard-N`, as the local provider names machines: N vCPUs, 4 GiB
+    /// each.
+    fn machine_size(&self, machine_type: &str) -> Option<fleetforge_core::MachineSize> {
+        let n: u64 = machine_type.strip_prefix("standard-")?.parse().ok()?;
+        Some(fleetforge_core::MachineSize::new(n, n * 4))
+    }
 }
 
 #[derive(Debug, Clone, Default)]
