@@ -142,7 +142,10 @@ async fn environments_come_sleep_wake_wait_their_turn_and_go() {
                 ti.and_then(|t| t.status.as_ref())
                     .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == condition::READY && c.status == "True"))
             }).await.unwrap();
-            let states: Vec<(String, ToolState)> = tools.status.unwrap().targets[0].tools.iter().map(|t| (t.name.clone(), t.state)).collect();
+            let _ = tools;
+            let targets: Api<fleetforge_api::ToolTarget> = Api::namespaced(client.clone(), &ns);
+            let target = targets.get("mine-profile-virtualcluster-mine").await.unwrap();
+            let states: Vec<(String, ToolState)> = target.status.unwrap().tools.iter().map(|t| (t.name.clone(), t.state)).collect();
             assert_eq!(states, [("widgets".to_string(), ToolState::Shared), ("cache".to_string(), ToolState::Deployed)]);
             assert_eq!(release_names(&kubeconfig), ["cache"]);
 

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use fleetforge_api::tool_install::ToolStatus;
-use fleetforge_api::{Cluster, ToolInstall, ToolState, annotation, condition};
+use fleetforge_api::{Cluster, ToolInstall, ToolState, ToolTarget, annotation, condition};
 use fleetforge_e2e::local::{
     Cleanup, WAIT, apply, await_clusters_ready, chart, delete_clusters, helm, local_clusters,
     release_names, release_values, start, target_client, target_kubeconfig,
@@ -22,51 +22,103 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
+
+/// A ToolInstall and its ToolTargets, as seen at one moment.
+struct View {
+    install: ToolInstall,
+    targets: Vec<ToolTarget>,
+}
+
+impl View {
+    fn status(&self) -> Option<&fleetforge_api::ToolInstallStatus> {
+        self.install.status.as_ref()
+    }
+
+    fn target(&self, name: &str) -> Option<&ToolTarget> {
+        self.targets.iter().find(|t| t.spec.target.name == name)
+    }
+}
+
+async fn view(api: &Api<ToolInstall>, name: &str) -> Option<View> {
+    let install = api.get_opt(name).await.ok()??;
+    let children: Api<ToolTarget> = Api::namespaced(
+        api.clone().into_client(),
+        &install.namespace().unwrap_or_default(),
+    );
+    let targets = children
+        .list(&ListParams::default().labels(&format!("fleetforge.dev/tool-install={name}")))
+        .await
+        .ok()?
+        .items;
+    Some(View { install, targets })
+}
 
 async fn await_install(
     api: &Api<ToolInstall>,
     name: &str,
     what: &str,
     controller: &Controller,
-    done: impl Fn(&ToolInstall) -> bool,
-) -> ToolInstall {
-    let found = await_condition(api, name, what, WAIT, |ti: Option<&ToolInstall>| {
-        ti.is_some_and(&done)
-    })
-    .await;
-    match found {
-        Ok(ti) => ti.expect("the ToolInstall exists"),
-        Err(e) => panic!("{e}\ncontroller log:\n{}", controller.process.log_tail()),
+    done: impl Fn(&View) -> bool,
+) -> View {
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut last = None;
+    loop {
+        if let Some(seen) = view(api, name).await {
+            if done(&seen) {
+                return seen;
+            }
+            last = Some(format!(
+                "{:?}\n{:?}",
+                seen.install.status,
+                seen.targets
+                    .iter()
+                    .map(|t| (&t.spec.target.name, &t.status))
+                    .collect::<Vec<_>>()
+            ));
+        }
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "timed out waiting for {what}; last seen: {last:?}\ncontroller log:\n{}",
+                controller.process.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
-fn tool<'a>(ti: &'a ToolInstall, target: &str, tool: &str) -> Option<&'a ToolStatus> {
-    ti.status
+fn tool<'a>(view: &'a View, target: &str, tool: &str) -> Option<&'a ToolStatus> {
+    view.target(target)?
+        .status
         .as_ref()?
-        .targets
-        .iter()
-        .find(|t| t.name == target)?
         .tools
         .iter()
         .find(|t| t.name == tool)
 }
 
-fn state(ti: &ToolInstall, target: &str, name: &str) -> Option<ToolState> {
-    tool(ti, target, name).map(|t| t.state)
+fn state(view: &View, target: &str, name: &str) -> Option<ToolState> {
+    tool(view, target, name).map(|t| t.state)
 }
 
-fn all_deployed(ti: &ToolInstall, targets: &[&str]) -> bool {
-    let Some(status) = ti.status.as_ref() else {
+/// Every target (and only these) has its ToolTarget, at its generation,
+/// with every tool DEPLOYED, and the ToolInstall has counted them.
+fn all_deployed(view: &View, targets: &[&str]) -> bool {
+    let Some(status) = view.status() else {
         return false;
     };
-    status.observed_generation == ti.metadata.generation
-        && status.targets.len() == targets.len()
-        && status.targets.iter().all(|t| {
-            targets.contains(&t.name.as_str())
-                && !t.tools.is_empty()
-                && t.tools.iter().all(|s| s.state == ToolState::Deployed)
+    let counted = status.summary.as_ref().is_some_and(|s| {
+        s.targets as usize == targets.len() && s.deployed as usize == targets.len()
+    });
+    status.observed_generation == view.install.metadata.generation
+        && counted
+        && view.targets.len() == targets.len()
+        && view.targets.iter().all(|t| {
+            let status = t.status.clone().unwrap_or_default();
+            targets.contains(&t.spec.target.name.as_str())
+                && status.observed_generation == t.metadata.generation
+                && !status.tools.is_empty()
+                && status.tools.iter().all(|s| s.state == ToolState::Deployed)
         })
 }
 
@@ -146,7 +198,7 @@ async fn a_toolset_reaches_every_selected_cluster_and_stays_as_declared() {
                 all_deployed(ti, &["web-a", "web-b"])
             })
             .await;
-            let summary = ti.status.as_ref().unwrap().summary.clone().unwrap();
+            let summary = ti.status().unwrap().summary.clone().unwrap();
             assert_eq!((summary.targets, summary.deployed, summary.failed), (2, 2, 0));
             assert_eq!(tool(&ti, "web-a", "web").unwrap().chart_version.as_deref(), Some("0.2.0"));
 
@@ -180,7 +232,7 @@ async fn a_toolset_reaches_every_selected_cluster_and_stays_as_declared() {
             // Suspended, a change of common values shows every target STALE.
             patch_spec(&installs, "web", json!({"suspend": true, "values": {"web": {"greeting": "hola"}}})).await;
             await_install(&installs, "web", "every target STALE while suspended", &controller, |ti| {
-                ti.status.as_ref().is_some_and(|s| s.observed_generation == ti.metadata.generation)
+                ti.status().is_some_and(|s| s.observed_generation == ti.install.metadata.generation)
                     && state(ti, "web-a", "web") == Some(ToolState::Stale)
                     && state(ti, "web-b", "web") == Some(ToolState::Stale)
             })
@@ -195,11 +247,18 @@ async fn a_toolset_reaches_every_selected_cluster_and_stays_as_declared() {
             // A dry run plans the upgrade with its values diff and changes nothing.
             let revision = helm(&kubeconfig_b, &["history", "web", "-n", "apps", "--max", "1", "-o", "json"]);
             patch_spec(&installs, "web", json!({"dryRun": true, "values": {"web": {"greeting": "salut"}}})).await;
+            let plan_of = |view: &View| -> Vec<fleetforge_api::tool_install::PlannedChange> {
+                view.targets
+                    .iter()
+                    .filter(|t| t.status.as_ref().is_some_and(|s| s.observed_generation == t.metadata.generation))
+                    .flat_map(|t| t.status.clone().unwrap_or_default().plan)
+                    .collect()
+            };
             let planned = await_install(&installs, "web", "a plan for both targets", &controller, |ti| {
-                ti.status.as_ref().is_some_and(|s| s.observed_generation == ti.metadata.generation && s.plan.len() == 2)
+                ti.status().is_some_and(|s| s.observed_generation == ti.install.metadata.generation) && plan_of(ti).len() == 2
             })
             .await;
-            let plan = &planned.status.as_ref().unwrap().plan;
+            let plan = &plan_of(&planned);
             assert!(plan.iter().all(|p| p.tool == "web"), "{plan:?}");
             let diff = plan[0].values_diff.as_deref().unwrap_or_default();
             assert!(diff.contains("-greeting: hola") && diff.contains("+greeting: salut"), "{diff}");
@@ -207,7 +266,7 @@ async fn a_toolset_reaches_every_selected_cluster_and_stays_as_declared() {
             assert_eq!(helm(&kubeconfig_b, &["history", "web", "-n", "apps", "--max", "1", "-o", "json"]), revision);
             patch_spec(&installs, "web", json!({"dryRun": false})).await;
             await_install(&installs, "web", "the dry-run values applied for real", &controller, |ti| {
-                all_deployed(ti, &["web-a", "web-b"]) && ti.status.as_ref().is_some_and(|s| s.plan.is_empty())
+                all_deployed(ti, &["web-a", "web-b"]) && plan_of(ti).is_empty()
             })
             .await;
 
@@ -216,7 +275,7 @@ async fn a_toolset_reaches_every_selected_cluster_and_stays_as_declared() {
             // for an hour now).
             patch_spec(&installs, "web", json!({"pollInterval": "1h"})).await;
             await_install(&installs, "web", "a pass under the hour's poll", &controller, |ti| {
-                ti.status.as_ref().and_then(|s| s.observed_generation) == ti.metadata.generation && all_deployed(ti, &["web-a", "web-b"])
+                all_deployed(ti, &["web-a", "web-b"])
             })
             .await;
             let deployments_a: Api<Deployment> = Api::namespaced(target_a.clone(), "apps");
@@ -245,6 +304,12 @@ async fn a_toolset_reaches_every_selected_cluster_and_stays_as_declared() {
 
             // Drift, Report: a scaled Deployment is only reported.
             patch_spec(&installs, "web", json!({"driftPolicy": "Report"})).await;
+            // The policy reaches each target's ToolTarget first.
+            await_install(&installs, "web", "Report on every ToolTarget", &controller, |ti| {
+                all_deployed(ti, &["web-a", "web-b"])
+                    && ti.targets.iter().all(|t| t.spec.drift_policy == fleetforge_api::DriftPolicy::Report)
+            })
+            .await;
             let target_b = target_client(&kubeconfig_b).await;
             let deployments_b: Api<Deployment> = Api::namespaced(target_b.clone(), "apps");
             deployments_b
@@ -257,8 +322,14 @@ async fn a_toolset_reaches_every_selected_cluster_and_stays_as_declared() {
             .await;
             let fields = &tool(&drifted, "web-b", "web").unwrap().drift;
             assert_eq!(fields, &["Deployment/web spec.replicas: chart 1, live 3"]);
-            let status = drifted.status.as_ref().unwrap();
+            let status = drifted.target("web-b").unwrap().status.clone().unwrap();
             assert!(status.conditions.iter().any(|c| c.type_ == condition::DRIFTED && c.status == "True" && c.reason == "Reported"));
+            let summed = await_install(&installs, "web", "the drift counted by the ToolInstall", &controller, |ti| {
+                ti.status().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == condition::DRIFTED && c.status == "True"))
+            })
+            .await;
+            let drifted_message = summed.status().unwrap().conditions.iter().find(|c| c.type_ == condition::DRIFTED).unwrap().message.clone();
+            assert_eq!(drifted_message, "1 targets drifted: web-b");
             tokio::time::sleep(Duration::from_secs(4)).await;
             assert_eq!(deployments_b.get("web").await.unwrap().spec.unwrap().replicas, Some(3), "Report must not correct");
             // Back to Correct: repaired.
@@ -283,9 +354,13 @@ async fn a_toolset_reaches_every_selected_cluster_and_stays_as_declared() {
             .await;
             let message = tool(&failed, "web-b", "web").unwrap().message.clone().unwrap_or_default();
             assert!(message.contains("web refuses to run on web-b"), "{message}");
-            let status = failed.status.as_ref().unwrap();
-            assert_eq!(status.summary.as_ref().unwrap().failed, 1);
+            let failed = await_install(&installs, "web", "the failure counted", &controller, |ti| {
+                ti.status().and_then(|s| s.summary.as_ref()).is_some_and(|s| s.failed == 1)
+            })
+            .await;
+            let status = failed.status().unwrap();
             assert!(status.conditions.iter().any(|c| c.type_ == condition::SYNCED && c.status == "False"));
+            assert_eq!((status.failing[0].name.as_str(), status.failing[0].tool.as_deref()), ("web-b", Some("web")));
             await_event(&client, &ns, "InstallFailed", "web refuses to run on web-b", &controller).await;
             patch_spec(&installs, "web", json!({"valueOverrides": [{"cluster": "web-a", "tool": "web", "values": {"replicas": 2}}]})).await;
             await_install(&installs, "web", "web-b recovered", &controller, |ti| all_deployed(ti, &["web-a", "web-b"])).await;
@@ -311,6 +386,13 @@ async fn a_toolset_reaches_every_selected_cluster_and_stays_as_declared() {
             assert_eq!(header, ["NAME", "TARGETS", "DEPLOYED", "PENDING", "FAILED", "DRIFT", "AGE"]);
             let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
             assert_eq!(&row[..6], ["web", "2", "2", "0", "0", "False"], "{table}");
+            // ... and `kubectl get tooltargets` one row per target.
+            let table = fleetforge_e2e::kubectl(&fleetforge_e2e::admin_kubeconfig(), &["get", "tooltargets", "-n", &ns]);
+            let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+            assert_eq!(header, ["NAME", "INSTALL", "KIND", "TARGET", "STATE", "DEPLOYED", "DRIFT", "AGE"]);
+            let rows: Vec<Vec<&str>> = table.lines().skip(1).map(|l| l.split_whitespace().collect()).collect();
+            assert_eq!(rows.len(), 2, "{table}");
+            assert_eq!(&rows[0][..7], ["web-cluster-web-a", "web", "Cluster", "web-a", "DEPLOYED", "2/2", "False"], "{table}");
 
             // Deleting the ToolInstall uninstalls everywhere.
             installs.delete("web", &DeleteParams::default()).await.unwrap();
@@ -353,7 +435,7 @@ async fn a_profile_installs_on_its_cluster_and_a_lost_cluster_can_be_forced_out(
             await_clusters_ready(&client, &ns, &["lost"], &controller).await;
             let installs: Api<ToolInstall> = Api::namespaced(client.clone(), &ns);
             let ti = await_install(&installs, "lost-profile", "the profile DEPLOYED", &controller, |ti| all_deployed(ti, &["lost"])).await;
-            let owner = &ti.owner_references()[0];
+            let owner = &ti.install.owner_references()[0];
             assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Cluster", "lost"));
             let kubeconfig = target_kubeconfig(&client, &ns, "lost", work.path()).await;
             assert_eq!(release_names(&kubeconfig), ["cache"]);

@@ -95,14 +95,17 @@ async fn a_virtual_cluster_comes_up_on_its_host_and_goes_without_a_trace() {
             // host (not installed twice); the chart was told to sync
             // ingresses to the host for the shared ingress controller.
             let installs: Api<ToolInstall> = Api::namespaced(client.clone(), &ns);
-            let profile = controller.wait_for(&installs, "team-a-profile", "the profile inside the virtual cluster", |ti: Option<&ToolInstall>| {
-                ti.and_then(|t| t.status.as_ref()).is_some_and(|s| {
-                    s.targets.len() == 1
-                        && s.targets[0].kind == "VirtualCluster"
-                        && s.targets[0].tools.iter().any(|t| t.name == "cache" && t.state == ToolState::Deployed)
+            let targets: Api<fleetforge_api::ToolTarget> = Api::namespaced(client.clone(), &ns);
+            let target = controller.wait_for(&targets, "team-a-profile-virtualcluster-team-a", "the profile inside the virtual cluster", |tt: Option<&fleetforge_api::ToolTarget>| {
+                tt.and_then(|t| t.status.as_ref()).is_some_and(|s| {
+                    s.tools.iter().any(|t| t.name == "cache" && t.state == ToolState::Deployed)
                 })
             }).await.unwrap();
-            let widgets = profile.status.as_ref().unwrap().targets[0].tools.iter().find(|t| t.name == "widgets").unwrap();
+            assert_eq!(target.spec.target.kind, fleetforge_api::tool_target::TargetKind::VirtualCluster);
+            let profile = controller.wait_for(&installs, "team-a-profile", "the profile counted", |ti: Option<&ToolInstall>| {
+                ti.and_then(|t| t.status.as_ref()).and_then(|s| s.summary.as_ref()).is_some_and(|s| s.deployed == 1)
+            }).await.unwrap();
+            let widgets = target.status.as_ref().unwrap().tools.iter().find(|t| t.name == "widgets").unwrap();
             assert_eq!(widgets.state, ToolState::Shared);
             assert_eq!(widgets.message.as_deref(), Some("provided by the host Cluster host"));
             assert_eq!(release_names(&kubeconfig), ["cache"]);

@@ -152,6 +152,15 @@ pub(crate) fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> sc
     schema
 }
 
+/// Values per tool name: each a free-form object.
+pub(crate) fn values_by_tool(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let values = free_form_object(generator);
+    schemars::json_schema!({
+        "type": "object",
+        "additionalProperties": values,
+    })
+}
+
 /// A free-form object (Helm values and the like): any fields are kept.
 pub(crate) fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({

@@ -7,7 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{DriftPolicy, DriftStatus, Reference, conditions_schema, free_form_object};
+use crate::common::{DriftPolicy, Reference, conditions_schema, free_form_object};
 use crate::tool_set::Tool;
 
 /// Installs a ToolSet, or inline tools, onto every selected target and keeps
@@ -70,7 +70,7 @@ pub struct ToolInstallSpec {
     /// refer to facts of each target (see the README, "Values templated from
     /// the target").
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(schema_with = "values_by_tool")]
+    #[schemars(schema_with = "crate::common::values_by_tool")]
     pub values: BTreeMap<String, serde_json::Value>,
     /// Values for one tool on one cluster, merged last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -111,14 +111,6 @@ fn default_poll_interval() -> String {
 
 fn default_max_concurrency() -> i32 {
     5
-}
-
-fn values_by_tool(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    let values = free_form_object(generator);
-    schemars::json_schema!({
-        "type": "object",
-        "additionalProperties": values,
-    })
 }
 
 /// Which targets a ToolInstall selects; at least one field must be set.
@@ -229,19 +221,34 @@ pub struct ToolInstallStatus {
     /// The generation of the spec last applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Counts over all targets.
+    /// Counts over all targets. The state of each target and tool is in
+    /// its ToolTarget (`kubectl get tooltargets -l
+    /// fleetforge.dev/tool-install=<name>`), so this status stays the same
+    /// size however many targets there are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<ToolInstallSummary>,
-    /// State per target and per tool.
+    /// The first few targets that failed or cannot be reached, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub targets: Vec<TargetStatus>,
-    /// With `dryRun`: what would change.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub plan: Vec<PlannedChange>,
-    /// The last drift found, as `<target>/<tool>: <object> <field>: chart
-    /// X, live Y`.
+    #[schemars(length(max = 5))]
+    pub failing: Vec<FailingTarget>,
+}
+
+/// A target whose tools failed or cannot be reached.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailingTarget {
+    /// `Cluster` or `VirtualCluster`.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// The tool at fault, if one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drift: Option<DriftStatus>,
+    pub tool: Option<String>,
+    /// Its state.
+    pub state: ToolState,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Counts of targets by their worst tool state.
@@ -263,19 +270,6 @@ pub struct ToolInstallSummary {
     pub pending: i32,
     /// Targets that cannot be reached.
     pub unknown: i32,
-}
-
-/// State of the tools on one target.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TargetStatus {
-    /// `Cluster` or `VirtualCluster`.
-    pub kind: String,
-    /// Name of the target.
-    pub name: String,
-    /// State per tool.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tools: Vec<ToolStatus>,
 }
 
 /// State of one tool on one target.

@@ -129,3 +129,61 @@ pub fn helm(kubeconfig: &Path, home: &Path, args: &[&str]) -> anyhow::Result<()>
 pub fn chart_dir(name: &str) -> PathBuf {
     tools::workspace_root().join("e2e/charts").join(name)
 }
+
+/// Mutating requests the API server has served.
+pub async fn api_writes(client: &kube::Client) -> anyhow::Result<f64> {
+    Ok(api_writes_by_resource(client).await?.values().sum())
+}
+
+/// Mutating requests served, by `resource[/subresource] VERB`.
+pub async fn api_writes_by_resource(
+    client: &kube::Client,
+) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    let text = client.request_text(request).await?;
+    let label = |line: &str, name: &str| -> String {
+        line.split(&format!("{name}=\""))
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut writes = std::collections::BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let verb = label(line, "verb");
+        if !["POST", "PATCH", "PUT", "APPLY", "DELETE"].contains(&verb.as_str()) {
+            continue;
+        }
+        let Some(count) = line.rsplit(' ').next().and_then(|c| c.parse::<f64>().ok()) else {
+            continue;
+        };
+        let sub = label(line, "subresource");
+        let resource = match sub.as_str() {
+            "" => label(line, "resource"),
+            sub => format!("{}/{sub}", label(line, "resource")),
+        };
+        *writes.entry(format!("{resource} {verb}")).or_insert(0.0) += count;
+    }
+    Ok(writes)
+}
+
+/// The sum of the samples of metric `name` (over its labels) the
+/// controller serves on 127.0.0.1:`port`.
+pub fn controller_metric(port: u16, name: &str) -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    Ok(body
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}

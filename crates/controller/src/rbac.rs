@@ -55,11 +55,12 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                     &["get", "list", "watch", "patch"],
                 ),
                 rule("fleetforge.dev", &["clusters/status"], &["patch"]),
-                // Read accounts; report whether their credentials work.
+                // Read accounts; report whether their credentials work;
+                // hold their deletion while they are used (a finalizer).
                 rule(
                     "fleetforge.dev",
                     &["providerconfigs"],
-                    &["get", "list", "watch"],
+                    &["get", "list", "watch", "patch"],
                 ),
                 rule("fleetforge.dev", &["providerconfigs/status"], &["patch"]),
                 // Validate ToolSets and report their install order.
@@ -73,6 +74,15 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                     &["get", "list", "watch", "create", "patch", "delete"],
                 ),
                 rule("fleetforge.dev", &["toolinstalls/status"], &["patch"]),
+                // One ToolTarget per (ToolInstall, target): made, applied
+                // and pruned by the ToolInstall controller; finalizer and
+                // status by the ToolTarget controller.
+                rule(
+                    "fleetforge.dev",
+                    &["tooltargets"],
+                    &["get", "list", "watch", "create", "patch", "delete"],
+                ),
+                rule("fleetforge.dev", &["tooltargets/status"], &["patch"]),
                 // VirtualClusters: finalizer and status (the vcluster itself
                 // is installed with the host Cluster's own kubeconfig).
                 rule(

@@ -1,40 +1,54 @@
-//! Waiting for a reflector's first list from many passes at once.
+//! Waiting for a watch's first complete list from many passes at once.
 //!
 //! kube-runtime's `Store::wait_until_ready` keeps one waker: of several
 //! tasks waiting at the same time only the last is woken, and the others
-//! wait forever (found here: passes that started before the first list
-//! never finished). A [`Gate`] waits on the store once and lets any number
-//! of waiters through.
+//! wait forever. A controller's own applier is one of those waiters (it
+//! waits for its store before its first pass), so a second waiter on a
+//! controller's store can leave that controller, or itself, stuck (found
+//! here: passes that started before the first list never finished). A
+//! [`Gate`] does not use the store's readiness at all: it opens when the
+//! watch stream itself passes its first `InitDone`, and lets any number of
+//! waiters through.
 
-use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use tokio::sync::watch;
 
-/// Opens once a store has had its first list.
+/// Opens a [`Gate`].
+#[derive(Debug, Clone)]
+pub struct Opener(std::sync::Arc<watch::Sender<bool>>);
+
+impl Opener {
+    /// Opens the gate (again is harmless).
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// For `.inspect()` on a watcher stream: opens the gate at the stream's
+    /// first complete list.
+    pub fn on_listed<K>(self) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
+        move |event| {
+            if let Ok(watcher::Event::InitDone) = event {
+                self.open();
+            }
+        }
+    }
+}
+
+/// Opens once a watch has listed everything.
 #[derive(Debug, Clone)]
 pub struct Gate {
     open: watch::Receiver<bool>,
 }
 
-impl Gate {
-    /// A gate that opens when `store` is ready (its writer must be driven,
-    /// typically by the controller watching it).
-    pub fn of<K>(store: &Store<K>) -> Self
-    where
-        K: kube::runtime::reflector::Lookup + Clone + Send + Sync + 'static,
-        K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
-    {
-        let (open, opened) = watch::channel(false);
-        let store = store.clone();
-        tokio::spawn(async move {
-            if store.wait_until_ready().await.is_ok() {
-                let _ = open.send(true);
-            }
-        });
-        Self { open: opened }
-    }
+/// A closed gate and what opens it.
+pub fn gate() -> (Opener, Gate) {
+    let (open, opened) = watch::channel(false);
+    (Opener(std::sync::Arc::new(open)), Gate { open: opened })
+}
 
-    /// Waits until the store is ready; false if it never will be (its
-    /// writer went away).
+impl Gate {
+    /// Waits until the watch has listed; false if it never will (its
+    /// stream went away).
     pub async fn wait(&self) -> bool {
         self.open.clone().wait_for(|open| *open).await.is_ok()
     }
@@ -43,15 +57,11 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::ConfigMap;
-    use kube::runtime::reflector::store;
-    use kube::runtime::watcher::Event;
     use std::time::Duration;
 
     #[tokio::test]
-    async fn many_waiters_all_get_through() {
-        let (reader, mut writer) = store::<ConfigMap>();
-        let gate = Gate::of(&reader);
+    async fn many_waiters_all_get_through_once_the_list_is_complete() {
+        let (opener, gate) = gate();
         let waiters: Vec<_> = (0..16)
             .map(|_| {
                 let gate = gate.clone();
@@ -59,8 +69,10 @@ mod tests {
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        writer.apply_watcher_event(&Event::Init);
-        writer.apply_watcher_event(&Event::InitDone);
+        let mut on_listed = opener.on_listed::<k8s_openapi::api::core::v1::ConfigMap>();
+        on_listed(&Ok(watcher::Event::Init));
+        assert!(!*gate.open.borrow(), "an Init is not yet a complete list");
+        on_listed(&Ok(watcher::Event::InitDone));
         for waiter in waiters {
             let passed = tokio::time::timeout(Duration::from_secs(5), waiter)
                 .await

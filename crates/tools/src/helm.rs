@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -20,6 +21,9 @@ use serde_json::Value;
 /// Label on a release (`helm --labels`) naming the ToolInstall that owns it,
 /// as `<namespace>.<name>`.
 pub const OWNER_LABEL: &str = "fleetforge.dev/tool-install";
+
+/// helm commands at once by default.
+pub const DEFAULT_PROCESSES: usize = 8;
 
 /// How long one helm command may run.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
@@ -46,6 +50,9 @@ pub enum HelmError {
 pub struct Helm {
     binary: PathBuf,
     home: PathBuf,
+    /// helm processes allowed at once, over every controller sharing this
+    /// driver (each one is a Go program of tens of MB, and renders charts).
+    processes: Arc<tokio::sync::Semaphore>,
 }
 
 /// One release to install or upgrade.
@@ -71,7 +78,16 @@ impl Helm {
     /// Runs `binary` with its configuration, cache and data under `home`
     /// (never the user's own Helm setup).
     pub fn new(binary: PathBuf, home: PathBuf) -> Self {
-        Self { binary, home }
+        Self::with_processes(binary, home, DEFAULT_PROCESSES)
+    }
+
+    /// As [`Helm::new`], with at most `processes` helm commands at once.
+    pub fn with_processes(binary: PathBuf, home: PathBuf, processes: usize) -> Self {
+        Self {
+            binary,
+            home,
+            processes: Arc::new(tokio::sync::Semaphore::new(processes.max(1))),
+        }
     }
 
     /// `helm upgrade --install`; returns helm's output.
@@ -142,6 +158,11 @@ impl Helm {
     }
 
     async fn run(&self, kubeconfig: &Path, args: &[String]) -> Result<String, HelmError> {
+        let _permit = self
+            .processes
+            .acquire()
+            .await
+            .map_err(|e| HelmError::Unavailable(e.to_string()))?;
         let mut command = tokio::process::Command::new(&self.binary);
         command
             .args(args)

@@ -1,14 +1,346 @@
-//! Tools on clusters: the Helm driver, values merging and templating, and
-//! the controllers that install ToolSets onto Clusters (ToolInstall, and a
-//! Cluster's `profile`) and keep them there.
+//! Tools on clusters: the drivers that reach targets (the pinned `helm`
+//! CLI, and the nop driver), values merging and templating, and the
+//! controllers that install ToolSets onto Clusters and VirtualClusters:
+//! the ToolInstall controller selects targets and keeps one ToolTarget per
+//! target; the ToolTarget controller installs, upgrades, corrects and
+//! uninstalls on its target. A Cluster's `profile` makes a ToolInstall.
 
+pub mod diff;
+pub mod driver;
 pub mod helm;
 pub mod install;
 pub mod live;
 pub mod metrics;
+pub mod nop;
 pub mod profile;
+pub mod select;
+pub mod sync;
 pub mod target;
+pub mod tool_target;
 pub mod values;
 
-pub use install::{ToolOptions, run};
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use fleetforge_api::tool_target::TargetRef;
+use fleetforge_api::{Cluster, ToolInstall, ToolSet, ToolTarget, VirtualCluster};
+use fleetforge_core::events::Recorder;
+use fleetforge_core::watch::scoped;
+use fleetforge_runtime::Runtime;
+use fleetforge_runtime::clients::TargetClients;
+use fleetforge_runtime::ready::gate;
+use futures::{Stream, StreamExt};
+use kube::api::Api;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
 pub use metrics::ToolMetrics;
+pub use sync::values_equal;
+pub use tool_target::Drivers;
+
+use crate::select::{INSTALL_LABEL, Object, target_key};
+
+/// Settings of the tools controllers.
+#[derive(Debug, Clone)]
+pub struct ToolOptions {
+    /// The `helm` binary.
+    pub helm: PathBuf,
+    /// Only ToolInstalls in this namespace (default: all).
+    pub namespace: Option<String>,
+    /// Where relative chart paths (`chart.path`) are resolved.
+    pub charts_dir: PathBuf,
+    /// helm processes at once, over every target.
+    pub max_helm_processes: usize,
+}
+
+/// The drivers of a process: one helm driver (its helm processes capped
+/// for every controller that installs charts: tools and VirtualClusters)
+/// and the nop driver; and the stream of targets whose compared live
+/// objects changed.
+pub fn drivers(
+    helm: PathBuf,
+    max_helm_processes: usize,
+    clients: Arc<TargetClients>,
+    metrics: Arc<ToolMetrics>,
+) -> Result<(Drivers, UnboundedReceiver<String>), String> {
+    let (changed, changes) = unbounded_channel::<String>();
+    let helm = driver::HelmDriver::start(
+        helm,
+        max_helm_processes,
+        clients,
+        Some(changed),
+        metrics.clone(),
+    )?;
+    Ok((
+        Drivers {
+            helm: Arc::new(helm),
+            nop: nop::NopDriver::new(metrics),
+        },
+        changes,
+    ))
+}
+
+/// Runs the ToolInstall and ToolTarget controllers until the process
+/// stops, or says why they cannot start.
+pub async fn run(
+    runtime: &Runtime,
+    client: Client,
+    options: ToolOptions,
+    metrics: Arc<ToolMetrics>,
+    clients: Arc<TargetClients>,
+) -> Result<(), String> {
+    let (drivers, drifted) = drivers(
+        options.helm.clone(),
+        options.max_helm_processes,
+        clients,
+        metrics,
+    )?;
+    run_with(runtime, client, options, drivers, drifted).await;
+    Ok(())
+}
+
+/// As [`run`], with the drivers given (tests and benchmarks hold on to the
+/// nop driver); `drifted` carries the keys of targets whose compared
+/// objects changed.
+pub async fn run_with(
+    runtime: &Runtime,
+    client: Client,
+    options: ToolOptions,
+    drivers: Drivers,
+    drifted: UnboundedReceiver<String>,
+) {
+    let scope = options.namespace.as_deref();
+    let (install_store, install_events) =
+        fleetforge_core::watch::changes(scoped::<ToolInstall>(&client, scope));
+    let (cluster_store, cluster_writer) = reflector::store::<Cluster>();
+    let (virtual_store, virtual_writer) = reflector::store::<VirtualCluster>();
+    let (set_store, set_writer) = reflector::store::<ToolSet>();
+    let (child_store, child_writer) = reflector::store::<ToolTarget>();
+    let (wake_install, installs_woken) = unbounded_channel::<ObjectRef<ToolInstall>>();
+    // Each cache opens its gate when its watch has listed everything.
+    let (clusters_opener, clusters_listed) = gate();
+    let (virtual_opener, virtual_listed) = gate();
+    let (sets_opener, sets_listed) = gate();
+    let (children_opener, children_listed) = gate();
+    let (wake_child, children_woken) = unbounded_channel::<ObjectRef<ToolTarget>>();
+
+    // A ToolTarget's every change (its status too) may change its
+    // ToolInstall's summary; only its spec and metadata are work for it.
+    let parent_of_child = wake_install.clone();
+    let child_events = watcher(
+        scoped::<ToolTarget>(&client, scope),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(|tt: &mut ToolTarget| tt.managed_fields_mut().clear())
+    .reflect(child_writer)
+    .inspect(children_opener.on_listed())
+    .inspect(move |event| {
+        if let Ok(watcher::Event::Apply(tt) | watcher::Event::Delete(tt)) = event
+            && let (Some(install), Some(namespace)) =
+                (tt.labels().get(INSTALL_LABEL), tt.namespace())
+        {
+            let _ = parent_of_child.send(ObjectRef::new(install).within(&namespace));
+        }
+    })
+    .applied_objects()
+    .predicate_filter(fleetforge_core::watch::change_hash, Default::default());
+    let set_events = watcher(
+        Api::<ToolSet>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(set_writer)
+    .inspect(sets_opener.on_listed())
+    .applied_objects()
+    .predicate_filter(predicates::generation, Default::default());
+
+    let parent = Arc::new(install::Context {
+        recorder: Recorder::new(client.clone(), "fleetforge-tools"),
+        client: client.clone(),
+        installs: install_store.clone(),
+        listed: vec![
+            clusters_listed.clone(),
+            virtual_listed.clone(),
+            sets_listed,
+            children_listed,
+        ],
+        clusters: cluster_store.clone(),
+        virtual_clusters: virtual_store.clone(),
+        tool_sets: set_store,
+        children: child_store.clone(),
+        selected: Mutex::new(HashMap::new()),
+    });
+    let child = Arc::new(tool_target::Context {
+        client: client.clone(),
+        drivers,
+        charts_dir: options.charts_dir.clone(),
+        recorder: Recorder::new(client.clone(), "fleetforge-tools"),
+        failures: Default::default(),
+        listed: (clusters_listed, virtual_listed),
+        installs: install_store.clone(),
+        slots: Default::default(),
+        clusters: cluster_store,
+        virtual_clusters: virtual_store,
+    });
+
+    let by_set = install_store.clone();
+    let installs = Controller::for_stream(install_events, install_store)
+        .watches_stream(set_events, move |set: ToolSet| {
+            let name = set.name_any();
+            by_set
+                .state()
+                .into_iter()
+                .filter(|ti| {
+                    ti.spec
+                        .tool_set_ref
+                        .as_ref()
+                        .is_some_and(|r| r.name == name)
+                })
+                .map(|ti| ObjectRef::from_obj(&*ti))
+                .collect::<Vec<_>>()
+        })
+        .reconcile_on(receive(installs_woken));
+    let children = Controller::for_stream(child_events, child_store.clone())
+        .reconcile_on(receive(children_woken));
+
+    let router = Router {
+        parent: parent.clone(),
+        children: child_store,
+        wake_install,
+        wake_child,
+        seen: Mutex::new(HashMap::new()),
+    };
+    let clusters = watcher(
+        scoped::<Cluster>(&client, scope),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(|c: &mut Cluster| c.managed_fields_mut().clear())
+    .reflect(cluster_writer)
+    .inspect(clusters_opener.on_listed());
+    let virtual_clusters = watcher(
+        scoped::<VirtualCluster>(&client, scope),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(|v: &mut VirtualCluster| v.managed_fields_mut().clear())
+    .reflect(virtual_writer)
+    .inspect(virtual_opener.on_listed());
+    let stopped = runtime.stopped();
+    // The routes run as long as their streams (which never end by
+    // themselves, but for the drift channel of a driver that has none).
+    let routing = async {
+        tokio::select! {
+            _ = async {
+                tokio::join!(
+                    router.route(clusters, |c| Object::Cluster(c)),
+                    router.route(virtual_clusters, |v| Object::Virtual(v)),
+                    router.drift(drifted),
+                )
+            } => {}
+            () = stopped => {}
+        }
+    };
+    tokio::join!(
+        runtime.run("ToolInstall", installs, parent, install::reconcile),
+        runtime.run("ToolTarget", children, child, tool_target::reconcile),
+        routing,
+    );
+}
+
+fn receive<K>(rx: UnboundedReceiver<ObjectRef<K>>) -> impl Stream<Item = ObjectRef<K>> + Send
+where
+    K: Resource<DynamicType = ()> + Send + 'static,
+{
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
+}
+
+/// Turns changes of targets (and of their live objects) into passes of
+/// exactly the ToolInstalls and ToolTargets they concern.
+struct Router {
+    parent: Arc<install::Context>,
+    children: reflector::Store<ToolTarget>,
+    wake_install: UnboundedSender<ObjectRef<ToolInstall>>,
+    wake_child: UnboundedSender<ObjectRef<ToolTarget>>,
+    /// What each target looked like to its ToolTargets, by key.
+    seen: Mutex<HashMap<String, u64>>,
+}
+
+impl Router {
+    async fn route<K>(
+        &self,
+        events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+        object: for<'a> fn(&'a K) -> Object<'a>,
+    ) where
+        K: Resource + ResourceExt,
+    {
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            let (targets, gone): (Vec<&K>, bool) = match &event {
+                Ok(watcher::Event::Apply(k) | watcher::Event::InitApply(k)) => (vec![k], false),
+                Ok(watcher::Event::Delete(k)) => (vec![k], true),
+                _ => (Vec::new(), false),
+            };
+            for target in targets {
+                self.changed(
+                    object(target),
+                    &target.namespace().unwrap_or_default(),
+                    gone,
+                );
+            }
+        }
+    }
+
+    fn changed(&self, object: Object<'_>, namespace: &str, gone: bool) {
+        for install in self.parent.installs_for(object, namespace, gone) {
+            let _ = self.wake_install.send(install);
+        }
+        let key = target_key(
+            namespace,
+            &TargetRef {
+                kind: object.kind(),
+                name: object.name(),
+            },
+        );
+        // What a ToolTarget's work depends on: readiness, how to reach it,
+        // its facts (labels, annotations) and what its host shares.
+        let mut hasher = DefaultHasher::new();
+        gone.hash(&mut hasher);
+        object.deleting().hash(&mut hasher);
+        object.ready().hash(&mut hasher);
+        object.provider().hash(&mut hasher);
+        object.labels().hash(&mut hasher);
+        object.annotations().hash(&mut hasher);
+        object.shared_tools().hash(&mut hasher);
+        object.facts().endpoint.hash(&mut hasher);
+        object.connection_secret().hash(&mut hasher);
+        let hash = hasher.finish();
+        {
+            let mut seen = self.seen.lock().expect("seen");
+            if gone {
+                seen.remove(&key);
+            } else if seen.insert(key.clone(), hash) == Some(hash) {
+                return;
+            }
+        }
+        self.wake_children_of(&key);
+    }
+
+    fn wake_children_of(&self, key: &str) {
+        for child in tool_target::children_of(&self.children.state(), key) {
+            let _ = self.wake_child.send(child);
+        }
+    }
+
+    async fn drift(&self, mut drifted: UnboundedReceiver<String>) {
+        while let Some(key) = drifted.recv().await {
+            self.wake_children_of(&key);
+        }
+    }
+}

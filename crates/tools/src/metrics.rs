@@ -5,11 +5,13 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-/// Labels of a helm command.
+/// Labels of a call of a tool driver.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HelmLabels {
-    /// `upgrade` or `uninstall`.
-    pub command: &'static str,
+pub struct DriverLabels {
+    /// `helm` or `nop`.
+    pub driver: &'static str,
+    /// `upgrade`, `uninstall`, `releases`, ...
+    pub verb: &'static str,
     /// `ok` or `error`.
     pub outcome: &'static str,
 }
@@ -20,8 +22,9 @@ pub struct ToolMetrics {
     /// `fleetforge_tool_target_reads_total`: reads of targets' APIs while
     /// observing releases (the release list, live objects, health checks).
     pub target_reads: Counter,
-    /// `fleetforge_helm_commands_total`.
-    pub helm_commands: Family<HelmLabels, Counter>,
+    /// `fleetforge_tool_driver_calls_total`: installs, upgrades and
+    /// uninstalls (helm commands for the helm driver).
+    pub driver_calls: Family<DriverLabels, Counter>,
 }
 
 impl ToolMetrics {
@@ -35,18 +38,19 @@ impl ToolMetrics {
             metrics.target_reads.clone(),
         );
         registry.register(
-            "helm_commands",
-            "helm commands run, by command and outcome",
-            metrics.helm_commands.clone(),
+            "tool_driver_calls",
+            "Calls of the tool drivers (helm commands for helm), by driver, verb and outcome",
+            metrics.driver_calls.clone(),
         );
         metrics
     }
 
-    /// Counts one helm command.
-    pub fn helm(&self, command: &'static str, ok: bool) {
-        self.helm_commands
-            .get_or_create(&HelmLabels {
-                command,
+    /// Counts one call of `driver`.
+    pub fn driver_call(&self, driver: &'static str, verb: &'static str, ok: bool) {
+        self.driver_calls
+            .get_or_create(&DriverLabels {
+                driver,
+                verb,
                 outcome: if ok { "ok" } else { "error" },
             })
             .inc();

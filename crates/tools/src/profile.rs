@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use fleetforge_api::{Cluster, ToolInstall, VirtualCluster, condition, label};
 use fleetforge_core::conditions;
+use futures::StreamExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -107,6 +108,7 @@ pub async fn run<K: Profiled>(
     // Only profile ToolInstalls (labelled with their owner), metadata and
     // all: a deleted one is made again by its owner's next pass.
     let (installs, install_writer) = reflector::store::<ToolInstall>();
+    let (listed_opener, listed) = fleetforge_runtime::ready::gate();
     let install_events = watcher(
         fleetforge_core::watch::scoped::<ToolInstall>(&client, namespace.as_deref()),
         watcher::Config::default().labels(PROFILE_OF).any_semantic(),
@@ -114,6 +116,7 @@ pub async fn run<K: Profiled>(
     .default_backoff()
     .modify(|ti: &mut ToolInstall| ti.managed_fields_mut().clear())
     .reflect(install_writer)
+    .inspect(listed_opener.on_listed())
     .touched_objects()
     .predicate_filter(
         |ti: &ToolInstall| Some(u64::from(ti.metadata.deletion_timestamp.is_some())),
@@ -121,7 +124,7 @@ pub async fn run<K: Profiled>(
     );
     let context = Arc::new(Context {
         client,
-        listed: fleetforge_runtime::ready::Gate::of(&installs),
+        listed,
         installs,
     });
     let controller = Controller::for_stream(events, store).owns_stream(install_events);

@@ -18,9 +18,10 @@ use fleetforge_api::{Cluster, FIELD_MANAGER, VirtualCluster, annotation, conditi
 use fleetforge_core::conditions::{self, Desired};
 use fleetforge_core::events::{EventType, Recorder};
 use fleetforge_core::finalizer;
-use fleetforge_tools::helm::{self, Helm, OWNER_LABEL, ReleaseRequest};
-use fleetforge_tools::install::values_equal;
-use fleetforge_tools::target::{Connection, Connections, client_from};
+use fleetforge_runtime::clients::TargetClients;
+use fleetforge_tools::driver::{Driver, HelmDriver, Session, Target};
+use fleetforge_tools::helm::{self, OWNER_LABEL, ReleaseRequest};
+use fleetforge_tools::values_equal;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -33,8 +34,6 @@ pub const DEFAULT_CHART: (&str, &str, &str) = ("https://charts.loft.sh", "vclust
 /// Settings of the VirtualCluster controller.
 #[derive(Debug, Clone)]
 pub struct VirtualClusterOptions {
-    /// The `helm` binary.
-    pub helm: std::path::PathBuf,
     /// Only VirtualClusters in this namespace (default: all).
     pub namespace: Option<String>,
     /// Where relative chart paths are resolved.
@@ -47,12 +46,14 @@ pub struct VirtualClusterOptions {
 
 struct Context {
     client: Client,
-    helm: Helm,
-    connections: Connections,
+    /// The helm driver, shared with the tools controllers (one cap on
+    /// helm processes).
+    helm: Arc<HelmDriver>,
+    /// Clients into the virtual clusters.
+    clients: Arc<TargetClients>,
     recorder: Recorder,
     charts_dir: std::path::PathBuf,
     management_kubeconfig: Option<String>,
-    _work: tempfile::TempDir,
 }
 
 /// Errors retried as a whole.
@@ -76,20 +77,16 @@ pub async fn run(
     runtime: &fleetforge_runtime::Runtime,
     client: Client,
     options: VirtualClusterOptions,
+    helm: Arc<HelmDriver>,
+    clients: Arc<TargetClients>,
 ) -> Result<(), String> {
-    let work = tempfile::Builder::new()
-        .prefix("fleetforge-vcluster-")
-        .tempdir()
-        .map_err(|e| format!("creating the work directory: {e}"))?;
     let context = Arc::new(Context {
-        helm: Helm::new(options.helm.clone(), work.path().to_path_buf()),
-        connections: Connections::new(work.path().join("kubeconfigs"))
-            .map_err(|e| format!("creating the work directory: {e}"))?,
+        helm,
+        clients,
         recorder: Recorder::new(client.clone(), "fleetforge-vcluster"),
         client: client.clone(),
         charts_dir: options.charts_dir.clone(),
         management_kubeconfig: options.management_kubeconfig.clone(),
-        _work: work,
     });
     let api =
         fleetforge_core::watch::scoped::<VirtualCluster>(&client, options.namespace.as_deref());
@@ -148,7 +145,7 @@ impl Outcome {
             host: Some(host),
             version: Some(version),
             endpoint,
-            requeue: fleetforge_core::managed::jittered(Duration::from_secs(60), 0.1),
+            requeue: fleetforge_runtime::backoff::jittered(Duration::from_secs(60), 0.1),
         }
     }
 
@@ -214,7 +211,7 @@ struct Host {
     /// The host Cluster's name, or `management`.
     name: String,
     /// How helm and the controller reach it.
-    connection: Arc<Connection>,
+    session: Arc<dyn Session>,
     /// The management cluster itself: the controller acts there as itself,
     /// inside the VirtualCluster's namespace only (it may not create or
     /// delete namespaces, nor read Secrets elsewhere).
@@ -244,14 +241,10 @@ async fn host(vc: &VirtualCluster, ctx: &Context) -> Result<Result<Host, Outcome
                 ),
             )));
         }
-        return match ctx
-            .connections
-            .connect_to("", "management", kubeconfig.as_bytes())
-            .await
-        {
-            Ok(connection) => Ok(Ok(Host {
+        return match session(ctx, "/management", kubeconfig.as_bytes()).await {
+            Ok(session) => Ok(Ok(Host {
                 name: "management".into(),
-                connection,
+                session,
                 management: true,
             })),
             Err(message) => Ok(Err(Outcome::waiting(
@@ -284,14 +277,23 @@ async fn host(vc: &VirtualCluster, ctx: &Context) -> Result<Result<Host, Outcome
         )));
     }
     let secret = cluster.spec.connection_secret_name(&reference.name);
-    match ctx
-        .connections
-        .connect(&ctx.client, &namespace, &reference.name, &secret, "value")
-        .await
-    {
-        Ok(connection) => Ok(Ok(Host {
+    let kubeconfig = Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
+        .get_opt(&secret)
+        .await?
+        .and_then(|s| s.data)
+        .and_then(|mut d| d.remove("value"));
+    let Some(kubeconfig) = kubeconfig else {
+        return Ok(Err(Outcome::waiting(
+            VirtualClusterPhase::Pending,
+            "HostUnreachable",
+            format!("waiting for the kubeconfig Secret {secret}"),
+        )));
+    };
+    let key = format!("{namespace}/Cluster/{}", reference.name);
+    match session(ctx, &key, &kubeconfig.0).await {
+        Ok(session) => Ok(Ok(Host {
             name: reference.name.clone(),
-            connection,
+            session,
             management: false,
         })),
         Err(message) => Ok(Err(Outcome::waiting(
@@ -300,6 +302,25 @@ async fn host(vc: &VirtualCluster, ctx: &Context) -> Result<Result<Host, Outcome
             message,
         ))),
     }
+}
+
+/// A helm session with the host whose kubeconfig is `kubeconfig`.
+async fn session(ctx: &Context, key: &str, kubeconfig: &[u8]) -> Result<Arc<dyn Session>, String> {
+    ctx.helm
+        .session(Target {
+            key,
+            kubeconfig,
+            annotations: &BTreeMap::new(),
+        })
+        .await
+}
+
+/// The host's client (the helm driver always has one).
+fn host_client(host: &Host) -> Client {
+    host.session
+        .client()
+        .cloned()
+        .expect("a helm session has a client")
 }
 
 /// The release's namespace: `spec.namespace`, else `vcluster-<name>` on a
@@ -400,7 +421,6 @@ async fn sync(vc: &VirtualCluster, ctx: &Context) -> Result<Outcome, Error> {
         Ok(found) => found,
         Err(outcome) => return Ok(outcome),
     };
-    let connection = &host.connection;
     let host_name = host.name.clone();
     let on_host = |mut outcome: Outcome| {
         outcome.host = Some(host_name.clone());
@@ -412,7 +432,7 @@ async fn sync(vc: &VirtualCluster, ctx: &Context) -> Result<Outcome, Error> {
     let owner = format!("{namespace}.{name}");
 
     let scope = host.management.then_some(release_ns.as_str());
-    let releases = match helm::releases_in(connection.objects.client(), scope).await {
+    let releases = match host.session.releases(scope).await {
         Ok(releases) => releases,
         Err(helm::HelmError::Forbidden(message)) if host.management => {
             return Ok(on_host(Outcome::refused(
@@ -457,7 +477,7 @@ async fn sync(vc: &VirtualCluster, ctx: &Context) -> Result<Outcome, Error> {
             values: &values,
             labels: &labels,
         };
-        if let Err(e) = ctx.helm.upgrade(&connection.kubeconfig, &request).await {
+        if let Err(e) = host.session.upgrade(&request).await {
             let mut outcome = on_host(Outcome::refused("InstallFailed", format!("helm: {e}")));
             outcome.requeue = Duration::from_secs(30);
             return Ok(outcome);
@@ -500,7 +520,7 @@ async fn sync(vc: &VirtualCluster, ctx: &Context) -> Result<Outcome, Error> {
     }
 
     // vcluster writes its kubeconfig once its API serves.
-    let secrets: Api<Secret> = Api::namespaced(connection.objects.client().clone(), &release_ns);
+    let secrets: Api<Secret> = Api::namespaced(host_client(&host), &release_ns);
     let vc_secret = format!("vc-{name}");
     let kubeconfig = match secrets.get_opt(&vc_secret).await {
         Ok(Some(secret)) => secret.data.and_then(|d| {
@@ -536,8 +556,12 @@ async fn sync(vc: &VirtualCluster, ctx: &Context) -> Result<Outcome, Error> {
             )));
         }
     };
-    let reachable = match client_from(kubeconfig.as_bytes()).await {
-        Ok(client) => client.apiserver_version().await.map_err(|e| e.to_string()),
+    let reachable = match ctx.clients.get(kubeconfig.as_bytes()).await {
+        Ok(inside) => inside
+            .client
+            .apiserver_version()
+            .await
+            .map_err(|e| e.to_string()),
         Err(e) => Err(e),
     };
     if let Err(e) = reachable {
@@ -656,10 +680,7 @@ async fn finalize(
     match host(vc, ctx).await? {
         Ok(host) => {
             let release_ns = release_namespace(vc, &host);
-            let uninstalled = ctx
-                .helm
-                .uninstall(&host.connection.kubeconfig, &name, &release_ns)
-                .await;
+            let uninstalled = host.session.uninstall(&name, &release_ns).await;
             if let Err(e) = uninstalled
                 && !force
             {
@@ -678,15 +699,14 @@ async fn finalize(
             // with it; on the management cluster it is the VirtualCluster's
             // own, so only what vcluster wrote outside the release goes.
             let (removed, outcome) = if host.management {
-                let secrets: Api<Secret> =
-                    Api::namespaced(host.connection.objects.client().clone(), &release_ns);
+                let secrets: Api<Secret> = Api::namespaced(host_client(&host), &release_ns);
                 let removed = secrets
                     .delete(&format!("vc-{name}"), &DeleteParams::default())
                     .await
                     .map(|_| ());
                 (removed, format!("Secret vc-{name}"))
             } else {
-                let namespaces: Api<Namespace> = Api::all(host.connection.objects.client().clone());
+                let namespaces: Api<Namespace> = Api::all(host_client(&host));
                 let removed = namespaces
                     .delete(&release_ns, &DeleteParams::default())
                     .await

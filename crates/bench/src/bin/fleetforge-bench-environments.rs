@@ -154,9 +154,12 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let virtual_dir = work.path().join("virtual");
     let syncer = SyncerStandIn::start(&host_kubeconfig, &virtual_dir).await;
-    let host = fleetforge_tools::target::client_from(&std::fs::read(&host_kubeconfig)?)
+    let host = fleetforge_runtime::clients::TargetClients::new()
+        .get(&std::fs::read(&host_kubeconfig)?)
         .await
-        .map_err(anyhow::Error::msg)?;
+        .map_err(anyhow::Error::msg)?
+        .client
+        .clone();
     let vcluster = chart_dir("vcluster").display().to_string();
     let cache = chart_dir("cache").display().to_string();
     let names: Vec<String> = (0..args.environments)

@@ -60,16 +60,7 @@ fn release_namespace(chart: &str) -> &'static str {
 }
 
 fn metric(port: u16, name: &str) -> anyhow::Result<f64> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body)?;
-    Ok(body
-        .lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+    fleetforge_bench::controller_metric(port, name)
 }
 
 #[tokio::main]
@@ -243,11 +234,11 @@ async fn main() -> anyhow::Result<()> {
     // Steady state.
     tokio::time::sleep(Duration::from_secs(args.poll_seconds)).await;
     let reads = metric(port, "fleetforge_tool_target_reads_total")?;
-    let helms = metric(port, "fleetforge_helm_commands_total")?;
+    let helms = metric(port, "fleetforge_tool_driver_calls_total")?;
     let window = Duration::from_secs(args.poll_seconds * args.polls);
     tokio::time::sleep(window).await;
     let reads = metric(port, "fleetforge_tool_target_reads_total")? - reads;
-    let helms = metric(port, "fleetforge_helm_commands_total")? - helms;
+    let helms = metric(port, "fleetforge_tool_driver_calls_total")? - helms;
     let releases = (names.len() * CHARTS.len()) as f64;
     println!(
         "steady state over {} polls of {}s: {reads} target reads ({:.2} per release per poll, {:.2} per cluster per poll), {helms} helm commands",
@@ -263,9 +254,12 @@ async fn main() -> anyhow::Result<()> {
 
     // Drift: a Deployment deleted out of band on the first cluster, until
     // it is back (found by the target's watch, not the poll).
-    let target = fleetforge_tools::target::client_from(&std::fs::read(&kubeconfigs[0])?)
+    let target = fleetforge_runtime::clients::TargetClients::new()
+        .get(&std::fs::read(&kubeconfigs[0])?)
         .await
-        .map_err(anyhow::Error::msg)?;
+        .map_err(anyhow::Error::msg)?
+        .client
+        .clone();
     let deployments: Api<Deployment> = Api::namespaced(target, release_namespace("web"));
     let before = deployments.get("web").await?.metadata.uid;
     let started = Instant::now();
