@@ -43,7 +43,7 @@ pub use metrics::ToolMetrics;
 pub use sync::values_equal;
 pub use tool_target::Drivers;
 
-use crate::select::{INSTALL_LABEL, Object, target_key};
+use crate::select::{INSTALL_LABEL, Object, Slim, target_key};
 
 /// Settings of the tools controllers.
 #[derive(Debug, Clone)]
@@ -221,7 +221,7 @@ pub async fn run_with(
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
-    .modify(|c: &mut Cluster| c.managed_fields_mut().clear())
+    .modify(Cluster::slim)
     .reflect(cluster_writer)
     .inspect(clusters_opener.on_listed());
     let virtual_clusters = watcher(
@@ -229,7 +229,7 @@ pub async fn run_with(
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
-    .modify(|v: &mut VirtualCluster| v.managed_fields_mut().clear())
+    .modify(VirtualCluster::slim)
     .reflect(virtual_writer)
     .inspect(virtual_opener.on_listed());
     let stopped = runtime.stopped();

@@ -33,6 +33,7 @@ pub trait Profiled:
     + Clone
     + std::fmt::Debug
     + serde::de::DeserializeOwned
+    + crate::select::Slim
     + Send
     + Sync
     + 'static
@@ -102,6 +103,7 @@ pub async fn run<K: Profiled>(
     let (store, writer) = reflector::store::<K>();
     let events = watcher(objects, watcher::Config::default().any_semantic())
         .default_backoff()
+        .modify(K::slim)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(profile_hash::<K>, Default::default());
