@@ -129,6 +129,12 @@ pub struct DriftStatus {
 pub mod condition {
     /// The external resource exists and is usable.
     pub const READY: &str = "Ready";
+    /// kstatus: the object is on its way to what its spec asks (derived
+    /// from a false `Ready` or `Synced` whose reason is progress).
+    pub const RECONCILING: &str = "Reconciling";
+    /// kstatus: waiting will not help; the spec, or what it names, must be
+    /// fixed by a person (derived from a false `Ready` or `Synced`).
+    pub const STALLED: &str = "Stalled";
     /// The last reconcile applied the spec (or, for observe-only objects,
     /// observed the resource) without error.
     pub const SYNCED: &str = "Synced";

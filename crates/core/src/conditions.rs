@@ -1,6 +1,14 @@
 //! Status conditions whose `lastTransitionTime` moves only when their status
 //! flips, so that re-writing unchanged conditions changes nothing.
+//!
+//! Every kind's list also carries the two conditions of the kstatus
+//! conventions that Flux's `wait`, kpt and Argo CD's health checks read,
+//! derived here from `Ready` and `Synced` so no controller can forget them:
+//! `Reconciling` (true while the object is on its way) and `Stalled` (true
+//! when waiting will not help: the spec is refused, unsupported, or names
+//! something missing, until a person changes it).
 
+use fleetforge_api::condition::{READY, RECONCILING, STALLED, SYNCED};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
@@ -46,18 +54,70 @@ pub fn now() -> Time {
     Time(Timestamp::from_second(now.as_second()).unwrap_or(now))
 }
 
+/// Reasons of a `Ready` or `Synced` condition that waiting does not change:
+/// the object is `Stalled` until its spec (or what it names) is fixed. Every
+/// other false reason is progress, retried with backoff: `Reconciling`.
+pub const STALLED_REASONS: &[&str] = &[
+    // The spec, or the cloud's answer to it, is invalid.
+    "InvalidSpec",
+    "InvalidSelector",
+    "InvalidVersion",
+    "InvalidDependencies",
+    "UnsupportedVersion",
+    "MachineTypeImmutable",
+    // A reference names something missing or unusable.
+    "ProviderConfigNotFound",
+    "ProviderNotAvailable",
+    "CredentialsUnavailable",
+    "AuthFailed",
+    // A name is taken by something that is not ours; a quota is reached.
+    "AlreadyExists",
+    "QuotaExceeded",
+];
+
+/// `Reconciling` and `Stalled` for `desired` (see the module's text): the
+/// first false `Ready` or `Synced` decides, by its reason.
+fn kstatus(desired: &[Desired]) -> [Desired; 2] {
+    let failing = [READY, SYNCED]
+        .iter()
+        .filter_map(|type_| desired.iter().find(|d| d.type_ == *type_ && !d.status))
+        .collect::<Vec<_>>();
+    let stalled = failing
+        .iter()
+        .find(|d| STALLED_REASONS.contains(&d.reason.as_str()));
+    match (stalled, failing.first()) {
+        (Some(d), _) => [
+            Desired::no(RECONCILING, "Stalled", "waiting will not help; see Stalled"),
+            Desired::yes(STALLED, d.reason.clone(), d.message.clone()),
+        ],
+        (None, Some(d)) => [
+            Desired::yes(RECONCILING, d.reason.clone(), d.message.clone()),
+            Desired::no(STALLED, "Progressing", "retried until it converges"),
+        ],
+        (None, None) => [
+            Desired::no(RECONCILING, "Converged", "nothing is in progress"),
+            Desired::no(STALLED, "Converged", "nothing is in progress"),
+        ],
+    }
+}
+
 /// Builds the condition list from `desired`, keeping each existing
 /// condition's `lastTransitionTime` when its status did not change.
 /// Conditions of other types in `existing` are dropped: the engine owns the
-/// whole list.
+/// whole list. A list with `Ready` gets `Reconciling` and `Stalled` too.
 pub fn merge(
     existing: &[Condition],
     desired: &[Desired],
     generation: Option<i64>,
     now: &Time,
 ) -> Vec<Condition> {
+    let derived = desired
+        .iter()
+        .any(|d| d.type_ == READY)
+        .then(|| kstatus(desired));
     desired
         .iter()
+        .chain(derived.iter().flatten())
         .map(|d| {
             let status = if d.status { "True" } else { "False" };
             let last_transition_time = existing
@@ -183,5 +243,66 @@ mod tests {
         );
         assert_eq!(message(&merged, "Ready"), Some("waiting for the Cluster"));
         assert_eq!(message(&merged, "Drifted"), None);
+    }
+
+    fn state(merged: &[Condition], type_: &str) -> (String, String) {
+        let c = merged.iter().find(|c| c.type_ == type_).unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    #[test]
+    fn reconciling_and_stalled_follow_ready_and_synced_by_reason() {
+        let t = |s: &str, r: &str| (s.to_string(), r.to_string());
+        let cases = [
+            // (Ready, Synced) -> (Reconciling, Stalled)
+            (
+                Desired::yes("Ready", "Available", "up"),
+                Desired::yes("Synced", "ReconcileSuccess", ""),
+                t("False", "Converged"),
+                t("False", "Converged"),
+            ),
+            (
+                Desired::no("Ready", "Creating", "the cloud is creating it"),
+                Desired::yes("Synced", "ReconcileSuccess", ""),
+                t("True", "Creating"),
+                t("False", "Progressing"),
+            ),
+            (
+                Desired::no("Ready", "Unavailable", "the API answered 503"),
+                Desired::no("Synced", "Unavailable", "503"),
+                t("True", "Unavailable"),
+                t("False", "Progressing"),
+            ),
+            // A refused change of a cluster that still runs: Ready, but
+            // stalled until the spec is fixed.
+            (
+                Desired::yes("Ready", "Available", "up"),
+                Desired::no("Synced", "MachineTypeImmutable", "pool a"),
+                t("False", "Stalled"),
+                t("True", "MachineTypeImmutable"),
+            ),
+            (
+                Desired::no("Ready", "ProviderConfigNotFound", "no ProviderConfig aws"),
+                Desired::no("Synced", "ProviderConfigNotFound", "no ProviderConfig aws"),
+                t("False", "Stalled"),
+                t("True", "ProviderConfigNotFound"),
+            ),
+        ];
+        for (ready, synced, reconciling, stalled) in cases {
+            let merged = merge(&[], &[ready.clone(), synced.clone()], Some(3), &at(5));
+            assert_eq!(merged.len(), 4);
+            assert_eq!(
+                state(&merged, "Reconciling"),
+                reconciling,
+                "{ready:?} {synced:?}"
+            );
+            assert_eq!(state(&merged, "Stalled"), stalled, "{ready:?} {synced:?}");
+            assert!(merged.iter().all(|c| c.observed_generation == Some(3)));
+        }
+        // Lists without Ready (none today) get nothing added.
+        assert_eq!(
+            merge(&[], &[Desired::yes("Synced", "X", "")], None, &at(1)).len(),
+            1
+        );
     }
 }
