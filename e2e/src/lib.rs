@@ -164,10 +164,23 @@ pub async fn service_account_kubeconfig(
         )
         .await
         .unwrap();
+    token_kubeconfig(plane, client, namespace, "fleetforge", path).await
+}
+
+/// Writes a kubeconfig to `path` with a token of the existing ServiceAccount
+/// `namespace/account` (a TokenRequest, as the kubelet gets for a pod).
+pub async fn token_kubeconfig(
+    plane: &ControlPlane,
+    client: &Client,
+    namespace: &str,
+    account: &str,
+    path: &Path,
+) -> PathBuf {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let request: TokenRequest =
         serde_json::from_value(json!({"spec": {"expirationSeconds": 3600}})).unwrap();
     let issued: TokenRequest = accounts
-        .create_subresource("token", "fleetforge", &PostParams::default(), &request)
+        .create_subresource("token", account, &PostParams::default(), &request)
         .await
         .unwrap();
     let token = issued
