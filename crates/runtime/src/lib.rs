@@ -21,6 +21,7 @@ pub mod error;
 pub mod events;
 pub mod metrics;
 pub mod ready;
+pub mod status;
 pub mod supervisor;
 
 pub use controller::Runtime;

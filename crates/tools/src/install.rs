@@ -404,18 +404,12 @@ async fn write_status(
         summary: Some(summary.summary),
         failing: summary.failing,
     };
-    if status == previous {
-        return Ok(());
-    }
-    let patch = json!({
-        "apiVersion": "fleetforge.dev/v1alpha1",
-        "kind": "ToolInstall",
-        "status": status,
-    });
-    api.patch_status(
+    fleetforge_runtime::status::apply_if_changed(
+        api,
         &ti.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
+        FIELD_MANAGER,
+        Some(&previous),
+        &status,
     )
     .await?;
     Ok(())

@@ -17,11 +17,10 @@ use fleetforge_core::events::{EventType, Recorder};
 use fleetforge_core::finalizer;
 use fleetforge_runtime::ready::Gate;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
-use serde_json::json;
 
 use crate::driver::{Driver, HelmDriver, Session, Target};
 use crate::nop::NopDriver;
@@ -452,18 +451,12 @@ pub fn status_of(tt: &ToolTarget, report: Report) -> ToolTargetStatus {
 
 async fn write_status(tt: &ToolTarget, api: &Api<ToolTarget>, report: Report) -> Result<(), Error> {
     let status = status_of(tt, report);
-    if tt.status.as_ref() == Some(&status) {
-        return Ok(());
-    }
-    let patch = json!({
-        "apiVersion": "fleetforge.dev/v1alpha1",
-        "kind": "ToolTarget",
-        "status": status,
-    });
-    api.patch_status(
+    fleetforge_runtime::status::apply_if_changed(
+        api,
         &tt.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
+        FIELD_MANAGER,
+        tt.status.as_ref(),
+        &status,
     )
     .await?;
     Ok(())
