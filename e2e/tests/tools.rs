@@ -470,7 +470,12 @@ async fn a_profile_installs_on_its_cluster_and_a_lost_cluster_can_be_forced_out(
             controller.wait_for(&installs, "lost-profile", "the forced ToolInstall to go", |ti: Option<&ToolInstall>| ti.is_none()).await;
             await_event(&client, &ns, "ForceRemoved", "lost: dropped without uninstalling", &controller).await;
 
-            // Removing the profile keeps it gone; the cluster goes too.
+            // Removing the profile keeps it gone; the cluster goes too. It
+            // is deleted while still paused, so the pass that unpausing
+            // starts deletes it; unpaused first, that pass would restart
+            // its killed API server (a `kwokctl start` that waits its turn
+            // on the host's start lock) before the delete could be seen.
+            clusters.delete("lost", &DeleteParams::default()).await.unwrap();
             clusters
                 .patch("lost", &PatchParams::default(), &Patch::Merge(json!({"spec": {"profile": null, "paused": false}})))
                 .await
