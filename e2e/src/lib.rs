@@ -14,6 +14,8 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
+pub mod chart;
+pub mod image;
 pub mod local;
 pub mod vcluster;
 
@@ -176,6 +178,14 @@ pub async fn token_kubeconfig(
     account: &str,
     path: &Path,
 ) -> PathBuf {
+    let token = service_account_token(client, namespace, account).await;
+    plane.write_token_kubeconfig(path, &token).unwrap();
+    path.to_path_buf()
+}
+
+/// A token of the existing ServiceAccount `namespace/account`, from a
+/// TokenRequest, as the kubelet gets one for a pod.
+pub async fn service_account_token(client: &Client, namespace: &str, account: &str) -> String {
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let request: TokenRequest =
         serde_json::from_value(json!({"spec": {"expirationSeconds": 3600}})).unwrap();
@@ -183,12 +193,10 @@ pub async fn token_kubeconfig(
         .create_subresource("token", account, &PostParams::default(), &request)
         .await
         .unwrap();
-    let token = issued
+    issued
         .status
         .and_then(|s| s.token)
-        .expect("a token is issued");
-    plane.write_token_kubeconfig(path, &token).unwrap();
-    path.to_path_buf()
+        .expect("a token is issued")
 }
 
 /// A running `fleetforge controller`, stopped when dropped.

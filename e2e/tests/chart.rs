@@ -1,66 +1,24 @@
-//! The Helm chart (`deploy/chart/fleetforge`) with the pinned helm: it
-//! lints clean, renders what a platform team expects (replicas with leader
-//! election, probes, a locked-down pod), refuses bad values naming the
-//! field, and installed into a real API server its ServiceAccount and
-//! RBAC are enough for the built controller, run with that account's
-//! token and the chart's own arguments, to bring nop Clusters to Ready.
+//! The Helm chart (`deploy/chart/fleetforge`) and the image
+//! (`scripts/image`), as a platform team installs them: the chart lints
+//! clean, renders what a platform team expects (replicas with leader
+//! election, probes, a locked-down pod) and refuses bad values naming the
+//! field; the image holds exactly what its Dockerfile says and builds
+//! reproducibly; and with the chart installed into a real API server, the
+//! image pulled back from a registry and run as a pod (its entrypoint,
+//! the chart's arguments and environment, the chart ServiceAccount's
+//! token mounted where the kubelet puts it) brings nop Clusters to Ready.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::path::Path;
 use std::time::Duration;
 
 use fleetforge_api::{Cluster, ProviderConfig, condition};
-use fleetforge_e2e::{Controller, kubectl, token_kubeconfig, workspace_root};
-use fleetforge_testenv::{await_condition, shared, tools};
+use fleetforge_e2e::chart::{RELEASE_NAMESPACE, chart, deployment_args, find, helm, render};
+use fleetforge_e2e::image::{self, Registry};
+use fleetforge_e2e::{Controller, kubectl, service_account_token, workspace_root};
+use fleetforge_testenv::{await_condition, shared};
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-
-const RELEASE_NAMESPACE: &str = "fleetforge-system";
-
-fn chart() -> PathBuf {
-    workspace_root().join("deploy/chart/fleetforge")
-}
-
-fn helm(args: &[&str]) -> Output {
-    let home = std::env::temp_dir().join("fleetforge-e2e-chart-helm");
-    Command::new(tools::binary("helm").expect("helm is built"))
-        .args(args)
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .output()
-        .expect("helm runs")
-}
-
-/// `helm template` with `extra` arguments: the rendered objects.
-fn render(extra: &[&str]) -> Vec<Value> {
-    let chart = chart();
-    let mut args = vec![
-        "template",
-        "fleetforge",
-        chart.to_str().unwrap(),
-        "--namespace",
-        RELEASE_NAMESPACE,
-    ];
-    args.extend_from_slice(extra);
-    let output = helm(&args);
-    assert!(
-        output.status.success(),
-        "helm template {extra:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8(output.stdout).unwrap();
-    serde_saphyr::from_multiple::<Value>(&text)
-        .unwrap()
-        .into_iter()
-        .filter(Value::is_object)
-        .collect()
-}
-
-fn find<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    objects.iter().filter(|o| o["kind"] == kind).collect()
-}
 
 #[test]
 fn the_chart_lints_clean_and_renders_a_locked_down_deployment_with_leader_election() {
@@ -196,29 +154,171 @@ async fn nop_cluster(client: &Client, namespace: &str, name: &str) {
         .unwrap();
 }
 
-/// The chart's Deployment arguments, with what a pod would not have
-/// replaced for a process on this machine: the metrics address (a free
-/// loopback port) and the log format (human, for the test's log).
-fn deployment_args(objects: &[Value], port: u16) -> Vec<String> {
-    let container = &find(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0];
-    container["args"]
+fn strings(value: &Value) -> Vec<String> {
+    value
         .as_array()
-        .unwrap()
+        .unwrap_or_else(|| panic!("{value} is not an array"))
         .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .filter(|a| !a.starts_with("--log-format"))
-        .map(|a| {
-            if a.starts_with("--metrics-addr=") {
-                format!("--metrics-addr=127.0.0.1:{port}")
-            } else {
-                a
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A pod's environment: the image's, then the container's from the chart
+/// (the downward API's namespace resolved, as the kubelet would), then
+/// the service host and port the kubelet adds, here the test API server.
+fn pod_env(objects: &[Value], config: &Value, server: &str) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = strings(&config["Env"])
+        .into_iter()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    let container = &find(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0];
+    for var in container["env"].as_array().unwrap() {
+        let name = var["name"].as_str().unwrap().to_string();
+        let value = match (&var["value"], &var["valueFrom"]["fieldRef"]["fieldPath"]) {
+            (Value::String(value), _) => value.clone(),
+            (_, Value::String(path)) if path == "metadata.namespace" => {
+                RELEASE_NAMESPACE.to_string()
             }
+            (_, Value::String(path)) if path == "metadata.name" => "fleetforge-0".to_string(),
+            _ => panic!("the test cannot resolve {var}"),
+        };
+        env.retain(|(k, _)| *k != name);
+        env.push((name, value));
+    }
+    let address = server.strip_prefix("https://").unwrap();
+    let (host, port) = address.rsplit_once(':').unwrap();
+    env.push(("KUBERNETES_SERVICE_HOST".into(), host.into()));
+    env.push(("KUBERNETES_SERVICE_PORT".into(), port.into()));
+    env
+}
+
+/// Every path under `dir`, relative, sorted, directories ending in `/`.
+fn tree(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let relative = path.strip_prefix(root).unwrap().display().to_string();
+            if path.is_dir() {
+                out.push(format!("{relative}/"));
+                walk(root, &path, out);
+            } else {
+                out.push(relative);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// The instructions of a Dockerfile, as (instruction, rest) pairs.
+fn instructions(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (word, rest) = l.split_once(' ').unwrap_or((l, ""));
+            (word.to_string(), rest.to_string())
         })
         .collect()
 }
 
+#[test]
+fn the_image_holds_exactly_what_its_dockerfile_says_and_builds_reproducibly() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&dir.path().join("registry.log"));
+    let reference = format!("{}/fleetforge:e2e", registry.host);
+    let built = image::build(&dir.path().join("a"), Some(&reference));
+    assert!(built.digest.starts_with("sha256:"), "{built:?}");
+
+    // The same inputs give the same image, to the byte.
+    let again = image::build(&dir.path().join("b"), None);
+    assert_eq!(
+        built.digest, again.digest,
+        "two builds of the same binary differ"
+    );
+
+    // The Dockerfile kept for Docker users is the one scripts/image writes.
+    let written = std::fs::read_to_string(built.out.join("Dockerfile")).unwrap();
+    let kept = std::fs::read_to_string(workspace_root().join("deploy/image/Dockerfile")).unwrap();
+    assert_eq!(
+        kept, written,
+        "deploy/image/Dockerfile is stale: copy target/image/Dockerfile there after scripts/image"
+    );
+
+    // What the registry serves is what that Dockerfile builds: its
+    // context's files, user, environment, entrypoint and command.
+    let config = image::config(&reference);
+    let steps = instructions(&written);
+    assert_eq!(steps[0], ("FROM".to_string(), "scratch".to_string()));
+    let mut env = Vec::new();
+    for (word, rest) in &steps[1..] {
+        match word.as_str() {
+            "COPY" => assert_eq!(rest, "rootfs/ /"),
+            "ENV" => env.push(rest.clone()),
+            "USER" => assert_eq!(config["User"], rest.as_str()),
+            "ENTRYPOINT" => assert_eq!(
+                config["Entrypoint"],
+                serde_json::from_str::<Value>(rest).unwrap()
+            ),
+            "CMD" => assert_eq!(config["Cmd"], serde_json::from_str::<Value>(rest).unwrap()),
+            other => panic!("the test does not know the instruction {other}"),
+        }
+    }
+    assert_eq!(strings(&config["Env"]), env);
+    assert_eq!(
+        config["User"],
+        image::IMAGE_USER,
+        "the image runs as non-root"
+    );
+
+    let unpacked = dir.path().join("unpacked");
+    let entries = image::unpack(&reference, &unpacked);
+    assert_eq!(entries, tree(&built.out.join("rootfs")));
+    // The binary, the pinned helm, CA certificates: nothing else.
+    assert_eq!(
+        entries,
+        [
+            "etc/",
+            "etc/ssl/",
+            "etc/ssl/certs/",
+            "etc/ssl/certs/ca-certificates.crt",
+            "tmp/",
+            "usr/",
+            "usr/local/",
+            "usr/local/bin/",
+            "usr/local/bin/fleetforge",
+            "usr/local/bin/helm",
+        ]
+    );
+    for file in ["usr/local/bin/fleetforge", "usr/local/bin/helm"] {
+        assert_eq!(
+            std::fs::read(unpacked.join(file)).unwrap(),
+            std::fs::read(built.out.join("rootfs").join(file)).unwrap(),
+            "{file} came back changed"
+        );
+    }
+    let size: u64 = tree(&built.out.join("oci/blobs/sha256"))
+        .iter()
+        .map(|blob| {
+            std::fs::metadata(built.out.join("oci/blobs/sha256").join(blob))
+                .unwrap()
+                .len()
+        })
+        .sum();
+    eprintln!(
+        "image {}: {} MiB compressed",
+        built.digest,
+        size / (1024 * 1024)
+    );
+}
+
 #[tokio::test]
-async fn installed_with_helm_the_charts_account_is_enough_to_bring_clusters_to_ready() {
+async fn installed_with_helm_the_image_run_as_a_pod_brings_clusters_to_ready() {
     let plane = shared();
     let kubeconfig = plane.kubeconfig_path();
     let client = plane.client().await.unwrap();
@@ -251,32 +351,36 @@ async fn installed_with_helm_the_charts_account_is_enough_to_bring_clusters_to_r
         ],
     );
 
-    // The controller as the chart runs it: its arguments, its account's
-    // token, its lease in the release's namespace.
+    // The controller as a pod of the chart runs it: the image pulled back
+    // from a registry, its entrypoint with the chart's arguments and
+    // environment, in-cluster configuration from the account's token.
     let dir = tempfile::tempdir().unwrap();
-    let account = token_kubeconfig(
-        plane,
-        &client,
+    let registry = Registry::start(&dir.path().join("registry.log"));
+    let reference = format!("{}/fleetforge:e2e", registry.host);
+    image::build(&dir.path().join("image"), Some(&reference));
+    let rootfs = dir.path().join("rootfs");
+    image::unpack(&reference, &rootfs);
+    let config = image::config(&reference);
+    let token = service_account_token(&client, RELEASE_NAMESPACE, "fleetforge").await;
+    let account = dir.path().join("serviceaccount");
+    image::service_account_files(
+        &account,
+        &token,
+        &plane.dir().join("pki/ca.crt"),
         RELEASE_NAMESPACE,
-        "fleetforge",
-        &dir.path().join("account.kubeconfig"),
-    )
-    .await;
+    );
     let port = fleetforge_testenv::free_port().unwrap();
-    let args = deployment_args(&render(&[]), port);
-    let account_str = account.to_string_lossy().to_string();
-    let process = fleetforge_testenv::OwnedProcess::spawn_with_env(
-        "fleetforge",
-        &fleetforge_e2e::fleetforge_bin(),
-        &args,
-        &[
-            ("KUBECONFIG", account_str.as_str()),
-            ("POD_NAMESPACE", RELEASE_NAMESPACE),
-            ("RUST_LOG", "info"),
-        ],
+    let objects = render(&[]);
+    let mut command = strings(&config["Entrypoint"]);
+    command.extend(deployment_args(&objects, port));
+    let process = image::run_in_pod(
+        "fleetforge pod",
+        &rootfs,
+        &account,
+        &command,
+        &pod_env(&objects, &config, plane.server()),
         &dir.path().join("controller.log"),
-    )
-    .unwrap();
+    );
     let controller = Controller { process, port };
 
     let configs: Api<ProviderConfig> = Api::all(client.clone());
@@ -358,6 +462,7 @@ async fn installed_with_helm_the_charts_account_is_enough_to_bring_clusters_to_r
         panic!("{e}\n{}", controller.process.log_tail());
     }
     drop(controller);
+    drop(registry);
     let uninstall = helm(&[
         "uninstall",
         "fleetforge",

@@ -12,7 +12,7 @@
 //!
 //! ```text
 //! cargo build --release --bins
-//! target/release/fleetforge-bench --clusters 1000 --idle-clusters 10000
+//! target/x86_64-unknown-linux-gnu/release/fleetforge-bench --clusters 1000 --idle-clusters 10000
 //! ```
 
 use std::collections::{BTreeMap, HashSet};

@@ -20,7 +20,7 @@
 //!
 //! ```text
 //! cargo build --release --bins
-//! target/release/fleetforge-bench-environments --environments 6
+//! target/x86_64-unknown-linux-gnu/release/fleetforge-bench-environments --environments 6
 //! ```
 
 use std::path::{Path, PathBuf};

@@ -12,7 +12,7 @@
 //!
 //! ```text
 //! cargo build --release --bins
-//! target/release/fleetforge-bench-fleet --clusters 1000 --tools 5
+//! target/x86_64-unknown-linux-gnu/release/fleetforge-bench-fleet --clusters 1000 --tools 5
 //! ```
 
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo build --release --bins
-//! target/release/fleetforge-bench-local --clusters 4 --nodes 3
+//! target/x86_64-unknown-linux-gnu/release/fleetforge-bench-local --clusters 4 --nodes 3
 //! ```
 
 use std::path::PathBuf;

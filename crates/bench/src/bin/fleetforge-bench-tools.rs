@@ -12,7 +12,7 @@
 //!
 //! ```text
 //! cargo build --release --bins
-//! target/release/fleetforge-bench-tools --clusters 20 --max-concurrency 10
+//! target/x86_64-unknown-linux-gnu/release/fleetforge-bench-tools --clusters 20 --max-concurrency 10
 //! ```
 
 use std::path::PathBuf;
