@@ -218,6 +218,19 @@ pub trait ExternalClient<K: Managed>: Send + Sync {
     fn validate(&self, _obj: &K) -> Result<(), Refusal> {
         Ok(())
     }
+
+    /// Whether a create is keyed by the external name: names are unique
+    /// in the account (as cluster names are in an EKS region, a GKE
+    /// location or an AKS resource group), so calling create again for a
+    /// name can never make a second resource; at worst it fails as
+    /// already existing. The engine then retries a create whose outcome
+    /// was lost (the controller died during the call) once the creation
+    /// grace period has passed with nothing listed, instead of waiting
+    /// for a person. False (the default) keeps that decision with a
+    /// person, for kinds a repeated call could duplicate.
+    fn create_keyed_by_name(&self) -> bool {
+        false
+    }
 }
 
 /// The secret material a ProviderConfig points at. Never printed.

@@ -558,6 +558,11 @@ fn endpoint_drift(aws: &AwsClusterSpec, cluster: &aws_sdk_eks::types::Cluster) -
 
 #[async_trait]
 impl ExternalClient<Cluster> for EksCloud {
+    /// EKS cluster names are unique in a region: CreateCluster for a taken name fails with ResourceInUseException.
+    fn create_keyed_by_name(&self) -> bool {
+        true
+    }
+
     async fn observe(
         &self,
         obj: &Cluster,

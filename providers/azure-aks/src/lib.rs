@@ -574,6 +574,11 @@ fn valid_pool_name(name: &str) -> bool {
 
 #[async_trait]
 impl ExternalClient<Cluster> for AksCloud {
+    /// AKS cluster names are unique in a resource group: the create is a PUT to the cluster's own URL.
+    fn create_keyed_by_name(&self) -> bool {
+        true
+    }
+
     async fn observe(
         &self,
         obj: &Cluster,

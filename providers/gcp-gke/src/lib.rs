@@ -474,6 +474,11 @@ fn observed_pool(pool: &model::NodePool) -> ObservedNodePool {
 
 #[async_trait]
 impl ExternalClient<Cluster> for GkeCloud {
+    /// GKE cluster names are unique in a location: a create for a taken name fails with ALREADY_EXISTS.
+    fn create_keyed_by_name(&self) -> bool {
+        true
+    }
+
     async fn observe(
         &self,
         obj: &Cluster,

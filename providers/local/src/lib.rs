@@ -421,6 +421,11 @@ fn kube_failed(error: kube::Error) -> ProviderError {
 
 #[async_trait]
 impl ExternalClient<Cluster> for LocalCloud {
+    /// kwokctl cluster names are unique in the work directory: a create for a taken name fails as AlreadyExists.
+    fn create_keyed_by_name(&self) -> bool {
+        true
+    }
+
     async fn observe(
         &self,
         obj: &Cluster,

@@ -2,7 +2,10 @@
 //! in the spirit of Crossplane's provider-nop. It is never a real cloud: its
 //! clusters are records in memory (or, with `spec.nop.stateDirectory`, JSON
 //! files that outlive a controller restart) and their kubeconfigs point at
-//! `*.nop.invalid`.
+//! `*.nop.invalid`. With a state directory, every create call is also
+//! journalled there (`creates.log`, one external name per line, appended
+//! by every process that shares the directory), so a test can tell that no
+//! cluster was created twice across restarts or replicas.
 //!
 //! Behaviour comes from the ProviderConfig's `spec.nop` (call latency,
 //! create latency, time to become ready, a seeded failure rate) and from
@@ -36,6 +39,8 @@ use serde::{Deserialize, Serialize};
 
 /// Prefix of the nop provider's fault-injection annotations.
 pub const ANNOTATION_PREFIX: &str = "nop.fleetforge.dev/";
+/// The journal of create calls in a state directory.
+pub const CREATES_LOG: &str = "creates.log";
 /// The Kubernetes version a cluster gets when its spec names none.
 pub const DEFAULT_VERSION: &str = "1.36";
 
@@ -270,6 +275,23 @@ impl NopCloud {
         }
     }
 
+    /// Appends `name` to the state directory's `creates.log` (one short
+    /// `O_APPEND` write, so lines of several processes never interleave).
+    fn journal_create(&self, name: &str) {
+        let Some(dir) = &self.state_directory else {
+            return;
+        };
+        use std::io::Write;
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(CREATES_LOG))
+            .and_then(|mut file| file.write_all(format!("{name}\n").as_bytes()));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "nop: journalling a create");
+        }
+    }
+
     /// Removes a cluster immediately.
     pub fn remove(&self, name: &str) {
         match &self.state_directory {
@@ -462,6 +484,11 @@ fn kubeconfig(name: &str) -> String {
 
 #[async_trait]
 impl ExternalClient<Cluster> for NopCloud {
+    /// Names are unique in a fake account: a create for a taken name succeeds for the same owner and fails as AlreadyExists for another.
+    fn create_keyed_by_name(&self) -> bool {
+        true
+    }
+
     async fn observe(
         &self,
         obj: &Cluster,
@@ -519,6 +546,7 @@ impl ExternalClient<Cluster> for NopCloud {
 
     async fn create(&self, obj: &Cluster, external_name: &str) -> Result<(), ProviderError> {
         self.enter(obj, "create", &self.calls.create).await?;
+        self.journal_create(external_name);
         let owner = fleetforge_core::owner_of(obj);
         if let Some(existing) = self.get(external_name) {
             if existing.owner.as_deref() == Some(&owner) {
@@ -751,6 +779,11 @@ mod tests {
         cloud.configure(Settings::default());
         assert_eq!(cloud.names(), vec!["dev".to_string()]);
         assert!(cloud.observe(&cluster, "dev").await.unwrap().is_some());
+        // A second create call is journalled even though it changes
+        // nothing: the journal counts calls, across instances.
+        cloud.create(&cluster, "dev").await.unwrap();
+        let journal = std::fs::read_to_string(dir.path().join(CREATES_LOG)).unwrap();
+        assert_eq!(journal, "dev\ndev\n");
     }
 
     #[tokio::test]

@@ -148,6 +148,7 @@ impl<'a, K: Managed> Pass<'a, K> {
             observation: observation.as_ref(),
             validation: validation.clone(),
             created_now: None,
+            create_keyed_by_name: provider.create_keyed_by_name(),
         };
         let decision = decide::decide(&facts, &seen);
         let Call::Create(started) = decision.call else {
@@ -179,6 +180,7 @@ impl<'a, K: Managed> Pass<'a, K> {
             observation: observation.as_ref(),
             validation,
             created_now: Some(started),
+            create_keyed_by_name: provider.create_keyed_by_name(),
         };
         let mut after = decide::decide(&facts, &seen);
         after.notes.splice(0..0, decision.notes);

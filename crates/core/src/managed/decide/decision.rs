@@ -356,4 +356,8 @@ pub struct Seen<'a, O> {
     pub validation: Result<(), Refusal>,
     /// This pass created it, with the create's start time.
     pub created_now: Option<Timestamp>,
+    /// The provider keys a create by the external name, so a repeated
+    /// create cannot make a second resource
+    /// ([`crate::ExternalClient::create_keyed_by_name`]).
+    pub create_keyed_by_name: bool,
 }

@@ -158,7 +158,10 @@ pub fn decide<K: Managed>(
 
 /// A create was started but its outcome was never recorded (the
 /// controller stopped in between). Adopt the resource if it exists and is
-/// ours; otherwise ask a person, never create a second one.
+/// ours. If nothing is listed and the provider keys creates by name, wait
+/// out the creation grace period (the call may have landed and not be
+/// listed yet) and then create again: a second call cannot duplicate it.
+/// Otherwise ask a person, never create a second one.
 fn resolve_pending_create<K: Managed>(
     facts: &Facts<'_, K>,
     seen: &Seen<'_, K::Observed>,
@@ -180,6 +183,41 @@ fn resolve_pending_create<K: Managed>(
             decision
         }
         Some(observation) => already_exists(facts, name, observation),
+        None if seen.create_keyed_by_name => {
+            let since = Duration::try_from(facts.now.duration_since(started)).unwrap_or_default();
+            let grace = facts.creation_grace_period;
+            if since < grace {
+                let conditions = [
+                    Desired::no(
+                        condition::READY,
+                        "Creating",
+                        format!(
+                            "the create of {name} started at {started} was interrupted and the provider does not list it yet; it is created again if it is still not listed after the creation grace period ({}s)",
+                            grace.as_secs()
+                        ),
+                    ),
+                    Desired::yes(condition::SYNCED, "ReconcileSuccess", "create requested"),
+                    facts.keep(condition::DRIFTED),
+                ];
+                return Decision::status(
+                    facts.plan(Phase::Provisioning, conditions, false, None, None),
+                    Next::Within(grace - since + Duration::from_millis(100)),
+                );
+            }
+            let mut decision = missing(facts, seen, false);
+            decision.notes.insert(
+                0,
+                Note::normal(
+                    "CreateRetried",
+                    "Create",
+                    format!(
+                        "the create of {name} started at {started} was interrupted and left nothing at provider {} within the creation grace period; creating it again (names are unique there, so this cannot make a second one)",
+                        facts.provider
+                    ),
+                ),
+            );
+            decision
+        }
         None => {
             let message = format!(
                 "a create of {name} was started at {started} but its outcome was not recorded, and the provider does not list it (yet). To avoid a duplicate nothing is created: check the provider for {name}; if it exists, keep the {} annotation and remove {}; if it does not, remove {} to create it",

@@ -114,6 +114,15 @@ fn seen<'a>(
         observation,
         validation: Ok(()),
         created_now,
+        create_keyed_by_name: false,
+    }
+}
+
+/// As [`seen`], from a provider that keys creates by name.
+fn seen_keyed(observation: Option<&Observation<ObservedCluster>>) -> Seen<'_, ObservedCluster> {
+    Seen {
+        create_keyed_by_name: true,
+        ..seen(observation, None)
     }
 }
 
@@ -193,6 +202,9 @@ fn decisions_for_objects_that_are_not_being_deleted() {
     let fresh = cluster(json!({}));
     let pending_unresolved = cluster(json!({"metadata": {
         "annotations": {annotation::EXTERNAL_NAME: "web", annotation::CREATE_PENDING: ago(60)},
+        "finalizers": [fleetforge_api::FINALIZER]}}));
+    let pending_recent = cluster(json!({"metadata": {
+        "annotations": {annotation::EXTERNAL_NAME: "web", annotation::CREATE_PENDING: ago(5)},
         "finalizers": [fleetforge_api::FINALIZER]}}));
     let just_created = converged(json!({"status": {"createSucceeded": ago(5)}}));
     let drifted_before = converged(json!({"status": {"conditions": [
@@ -322,6 +334,45 @@ fn decisions_for_objects_that_are_not_being_deleted() {
                     "False Pending",
                 ],
                 &["CreatePendingUnknown"],
+                Poll,
+            ),
+        ),
+        (
+            "a create whose outcome was not recorded, not listed, names unique at the provider, within the grace period: wait",
+            &pending_recent,
+            seen_keyed(None),
+            expect(
+                "none",
+                "",
+                Some(Provisioning),
+                ["False Creating", "True ReconcileSuccess", "False Pending"],
+                &[],
+                Within(Duration::from_millis(25_100)),
+            ),
+        ),
+        (
+            "a create whose outcome was not recorded, not listed, names unique at the provider, past the grace period: create again",
+            &pending_unresolved,
+            seen_keyed(None),
+            expect(
+                "create",
+                "pending",
+                None,
+                ["", "", ""],
+                &["CreateRetried"],
+                Soon,
+            ),
+        ),
+        (
+            "a create whose outcome was not recorded, found ours, names unique at the provider: adopted, not created again",
+            &pending_unresolved,
+            seen_keyed(Some(&ready)),
+            expect(
+                "none",
+                "",
+                Some(Ready),
+                ["True Available", "True ReconcileSuccess", "False NoDrift"],
+                &["CreateConfirmed"],
                 Poll,
             ),
         ),
