@@ -63,10 +63,14 @@ enum DevCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // One TLS provider for every rustls client of the process (kube, the
+    // cloud SDKs, the OTLP exporter): ring, as the workspace builds rustls
+    // without aws-lc-rs.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Controller(args) => {
-            telemetry::init(cli.log_format);
+            let _telemetry = telemetry::init(cli.log_format)?;
             run::run(args).await?;
         }
         Command::Crds { write: None } => print!("{}", crdgen::render_stream()?),

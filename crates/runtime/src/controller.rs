@@ -14,6 +14,7 @@ use kube::runtime::controller::{Action, Config};
 use kube::runtime::reflector::ObjectRef;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::backoff::{BackoffSettings, Backoffs};
 use crate::error::ReconcileError;
@@ -115,7 +116,26 @@ impl Runtime {
                         let in_flight = shared.metrics.in_flight.get_or_create(&labels).clone();
                         in_flight.inc();
                         let started = Instant::now();
-                        let result = reconcile(obj.clone(), ctx).await;
+                        // One span per pass (exported as a trace when
+                        // OTLP is configured); provider calls and helm
+                        // runs are its children.
+                        let span = tracing::info_span!(
+                            "reconcile",
+                            otel.name = %format_args!("reconcile {}", K::kind(&())),
+                            controller = name,
+                            kind = %K::kind(&()),
+                            namespace = obj.meta().namespace.as_deref().unwrap_or_default(),
+                            name = obj.meta().name.as_deref().unwrap_or_default(),
+                            result = tracing::field::Empty,
+                            otel.status_code = tracing::field::Empty,
+                        );
+                        let result = reconcile(obj.clone(), ctx).instrument(span.clone()).await;
+                        match &result {
+                            Ok(_) => span.record("result", "ok"),
+                            Err(error) => span
+                                .record("result", error.category())
+                                .record("otel.status_code", "error"),
+                        };
                         in_flight.dec();
                         shared.finished(&*obj, &result, started);
                         result

@@ -17,6 +17,7 @@ use kube::Client;
 use kube::api::{Api, ListParams};
 use serde::Deserialize;
 use serde_json::Value;
+use tracing::Instrument;
 
 /// Label on a release (`helm --labels`) naming the ToolInstall that owns it,
 /// as `<namespace>.<name>`.
@@ -157,7 +158,27 @@ impl Helm {
         self.run(kubeconfig, &args).await
     }
 
+    /// Runs helm, traced as a `helm <command>` span (a child of the
+    /// reconcile that runs it) with the release it acts on.
     async fn run(&self, kubeconfig: &Path, args: &[String]) -> Result<String, HelmError> {
+        let span = tracing::info_span!(
+            "helm",
+            otel.name = %format_args!("helm {}", args[0]),
+            command = %args[0],
+            release = args.get(1).map(String::as_str).unwrap_or_default(),
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = self
+            .run_untraced(kubeconfig, args)
+            .instrument(span.clone())
+            .await;
+        if result.is_err() {
+            span.record("otel.status_code", "error");
+        }
+        result
+    }
+
+    async fn run_untraced(&self, kubeconfig: &Path, args: &[String]) -> Result<String, HelmError> {
         let _permit = self
             .processes
             .acquire()

@@ -23,6 +23,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
+use tracing::Instrument;
 
 use super::decide::{self, Call, Decision, Facts, Mark, Metadata, Next, Note, Seen, StatusPlan};
 use super::{Engine, Managed, ManagedStatus, StatusReport};
@@ -247,11 +248,24 @@ impl<'a, K: Managed> Pass<'a, K> {
             .rate_limits
             .acquire(&config.name_any(), config.spec.rate_limit.as_ref())
             .await;
-        let result = call().await;
+        // A child span of the reconcile: `provider <verb>`.
+        let span = tracing::info_span!(
+            "provider",
+            otel.name = %format_args!("provider {}", verb.as_str()),
+            provider = self.provider_name(),
+            verb = verb.as_str(),
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = call().instrument(span.clone()).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.kind.reason(),
         };
+        span.record("outcome", outcome);
+        if result.is_err() {
+            span.record("otel.status_code", "error");
+        }
         self.engine
             .metrics
             .provider_calls
