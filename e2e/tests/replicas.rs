@@ -3,7 +3,8 @@
 //! waits; killed with SIGKILL, the leader is replaced within the lease's
 //! terms, no cluster is created twice at the (nop) provider, whose state
 //! both replicas share as they would share one cloud account, and every
-//! Cluster converges.
+//! Cluster converges. Stopped with SIGTERM, as a rolling update does, a
+//! leader gives the lease up and a waiting replica takes it at once.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -194,6 +195,25 @@ async fn the_standby_takes_over_from_a_killed_leader_and_nothing_is_created_twic
                 count("CreateRetried"),
                 count("CreateConfirmed")
             );
+
+            // A rolling update: a new replica waits, the leader is stopped
+            // with SIGTERM and gives the lease up at once, well within
+            // the lease duration a crash costs.
+            let successor = replica(&kubeconfig, &ns, "fleetforge-c", dir.path());
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let mut standby = standby;
+            let stopped_at = Instant::now();
+            let status = standby.process.terminate(Duration::from_secs(30));
+            assert!(status.is_some_and(|s| s.success()), "SIGTERM stops the leader cleanly: {status:?}\n{}", standby.process.log_tail());
+            // Without the release it would take at least the lease
+            // duration less one renewal period (13 s); half of it is
+            // room enough for a retry period and the shutdown.
+            let handover = await_holder(&leases, "fleetforge-c", duration / 2, &successor.process.log_tail()).await;
+            eprintln!(
+                "handover: the new replica held the lease {:?} after SIGTERM to the leader ({handover:?} after it exited)",
+                stopped_at.elapsed()
+            );
+            let standby = successor;
 
             for name in &names {
                 clusters.delete(name, &DeleteParams::default()).await.unwrap();
