@@ -17,6 +17,7 @@ use serde_json::json;
 pub mod chart;
 pub mod image;
 pub mod local;
+pub mod nop;
 pub mod vcluster;
 
 pub use fleetforge_testenv::tools::workspace_root;

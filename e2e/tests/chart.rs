@@ -11,13 +11,14 @@
 use std::path::Path;
 use std::time::Duration;
 
-use fleetforge_api::{Cluster, ProviderConfig, condition};
+use fleetforge_api::{Cluster, condition};
 use fleetforge_e2e::chart::{RELEASE_NAMESPACE, chart, deployment_args, find, helm, render};
 use fleetforge_e2e::image::{self, Registry};
+use fleetforge_e2e::nop;
 use fleetforge_e2e::{Controller, kubectl, service_account_token, workspace_root};
 use fleetforge_testenv::{await_condition, shared};
+use kube::ResourceExt;
 use kube::api::{Api, PostParams};
-use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 #[test]
@@ -135,23 +136,6 @@ fn bad_values_fail_at_install_naming_the_field() {
         assert!(!output.status.success(), "{value} was accepted");
         assert!(said.contains(field), "{value}: {said}");
     }
-}
-
-async fn nop_cluster(client: &Client, namespace: &str, name: &str) {
-    let clusters: Api<Cluster> = Api::namespaced(client.clone(), namespace);
-    let cluster: Cluster = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {
-            "providerConfigRef": {"name": "chart-nop"},
-            "version": "1.36",
-            "nodePools": [{"name": "workers", "machineType": "standard-2", "min": 1, "max": 3, "desired": 1}],
-        },
-    }))
-    .unwrap();
-    clusters
-        .create(&PostParams::default(), &cluster)
-        .await
-        .unwrap();
 }
 
 fn strings(value: &Value) -> Vec<String> {
@@ -383,32 +367,14 @@ async fn installed_with_helm_the_image_run_as_a_pod_brings_clusters_to_ready() {
     );
     let controller = Controller { process, port };
 
-    let configs: Api<ProviderConfig> = Api::all(client.clone());
-    let config: ProviderConfig = serde_json::from_value(json!({
-        "metadata": {"name": "chart-nop"},
-        "spec": {"provider": "nop", "pollInterval": "2s", "defaults": {"region": "nop-region-1"}},
-    }))
-    .unwrap();
-    configs
-        .create(&PostParams::default(), &config)
-        .await
-        .unwrap();
+    nop::provider_config(&client, "chart-nop", json!({})).await;
     kubectl(kubeconfig, &["create", "namespace", "chart-users"]);
     for name in ["a", "b", "c"] {
-        nop_cluster(&client, "chart-users", name).await;
+        nop::cluster(&client, "chart-users", name, "chart-nop", json!({})).await;
     }
     let clusters: Api<Cluster> = Api::namespaced(client.clone(), "chart-users");
     for name in ["a", "b", "c"] {
-        let ready = controller
-            .wait_for(&clusters, name, "Ready under the chart's account", |c| {
-                c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == condition::READY && c.status == "True")
-                })
-            })
-            .await
-            .unwrap();
+        let ready = nop::await_ready(&client, "chart-users", name, &controller).await;
         // kstatus: converged objects say so to Flux, kpt and Argo CD.
         let status = ready.status.clone().unwrap();
         assert_eq!(status.observed_generation, ready.metadata.generation);

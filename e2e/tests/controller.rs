@@ -6,79 +6,19 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use fleetforge_api::{Cluster, ProviderConfig, annotation, condition};
+use fleetforge_api::{Cluster, annotation};
+use fleetforge_e2e::nop::{
+    await_ready, cluster as create_cluster, provider_config as create_provider_config,
+};
 use fleetforge_e2e::{Controller, admin_kubeconfig, install, kubectl, service_account_kubeconfig};
 use fleetforge_testenv::{await_condition, shared};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::{Client, ResourceExt};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn create_provider_config(client: &Client, name: &str, nop: serde_json::Value) {
-    let configs: Api<ProviderConfig> = Api::all(client.clone());
-    let config: ProviderConfig = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {"provider": "nop", "pollInterval": "2s", "defaults": {"region": "nop-region-1"}, "nop": nop},
-    }))
-    .unwrap();
-    configs
-        .create(&PostParams::default(), &config)
-        .await
-        .unwrap();
-}
-
-async fn create_cluster(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    config: &str,
-    annotations: serde_json::Value,
-) {
-    let clusters: Api<Cluster> = Api::namespaced(client.clone(), namespace);
-    let cluster: Cluster = serde_json::from_value(json!({
-        "metadata": {"name": name, "annotations": annotations},
-        "spec": {
-            "providerConfigRef": {"name": config},
-            "version": "1.36",
-            "nodePools": [{"name": "workers", "machineType": "standard-2", "min": 1, "max": 3, "desired": 2}],
-        },
-    }))
-    .unwrap();
-    clusters
-        .create(&PostParams::default(), &cluster)
-        .await
-        .unwrap();
-}
-
-async fn await_ready(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    controller: &Controller,
-) -> Cluster {
-    let clusters: Api<Cluster> = Api::namespaced(client.clone(), namespace);
-    let ready = await_condition(
-        &clusters,
-        name,
-        &format!("Cluster {name} to be Ready"),
-        WAIT,
-        |c: Option<&Cluster>| {
-            c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == condition::READY && c.status == "True")
-            })
-        },
-    )
-    .await;
-    match ready {
-        Ok(cluster) => cluster.unwrap(),
-        Err(e) => panic!("{e}\ncontroller log:\n{}", controller.process.log_tail()),
-    }
-}
 
 fn log_path(dir: &Path) -> PathBuf {
     dir.join("controller.log")

@@ -11,13 +11,15 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fleetforge_api::{Cluster, ProviderConfig, condition};
+use fleetforge_api::{Cluster, ProviderConfig};
 use fleetforge_e2e::chart::{deployment_args, render};
-use fleetforge_e2e::{Controller, fleetforge_bin, install, run_ok, service_account_kubeconfig};
+use fleetforge_e2e::{
+    Controller, fleetforge_bin, install, nop, run_ok, service_account_kubeconfig,
+};
 use fleetforge_testenv::{OwnedProcess, free_port, shared};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Event;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams};
 use serde_json::json;
 
 const CLUSTERS: usize = 12;
@@ -103,17 +105,8 @@ async fn the_standby_takes_over_from_a_killed_leader_and_nothing_is_created_twic
             let state = dir.path().join("cloud");
             let config_name = format!("replicas-{ns}");
             let configs: Api<ProviderConfig> = Api::all(client.clone());
-            let config: ProviderConfig = serde_json::from_value(json!({
-                "metadata": {"name": config_name},
-                "spec": {
-                    "provider": "nop",
-                    "pollInterval": "2s",
-                    "defaults": {"region": "nop-region-1"},
-                    "nop": {"createDelay": "1s", "stateDirectory": state.display().to_string()},
-                },
-            }))
-            .unwrap();
-            configs.create(&PostParams::default(), &config).await.unwrap();
+            let nop_spec = json!({"createDelay": "1s", "stateDirectory": state.display().to_string()});
+            nop::provider_config(&client, &config_name, nop_spec).await;
 
             let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
             let mut leader = replica(&kubeconfig, &ns, "fleetforge-a", dir.path());
@@ -123,16 +116,7 @@ async fn the_standby_takes_over_from_a_killed_leader_and_nothing_is_created_twic
             let clusters: Api<Cluster> = Api::namespaced(client.clone(), &ns);
             let names: Vec<String> = (0..CLUSTERS).map(|i| format!("c{i}")).collect();
             for name in &names {
-                let cluster: Cluster = serde_json::from_value(json!({
-                    "metadata": {"name": name},
-                    "spec": {
-                        "providerConfigRef": {"name": config_name},
-                        "version": "1.36",
-                        "nodePools": [{"name": "workers", "machineType": "standard-2", "min": 1, "max": 3, "desired": 1}],
-                    },
-                }))
-                .unwrap();
-                clusters.create(&PostParams::default(), &cluster).await.unwrap();
+                nop::cluster(&client, &ns, name, &config_name, json!({})).await;
             }
 
             // The leader dies with its work half done.
@@ -171,13 +155,7 @@ async fn the_standby_takes_over_from_a_killed_leader_and_nothing_is_created_twic
             );
 
             for name in &names {
-                standby
-                    .wait_for(&clusters, name, "Ready under the new leader", |c| {
-                        c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
-                            s.conditions.iter().any(|c| c.type_ == condition::READY && c.status == "True")
-                        })
-                    })
-                    .await;
+                nop::await_ready(&client, &ns, name, &standby).await;
             }
             // One create call per cluster, over both replicas.
             let mut creates: BTreeMap<String, usize> = BTreeMap::new();

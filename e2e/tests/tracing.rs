@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use fleetforge_api::{Cluster, ProviderConfig, condition};
-use fleetforge_e2e::{Controller, install, service_account_kubeconfig, workspace_root};
+use fleetforge_api::{Cluster, ProviderConfig};
+use fleetforge_e2e::{Controller, install, nop, service_account_kubeconfig, workspace_root};
 use fleetforge_testenv::{OwnedProcess, free_port, shared};
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams};
 use serde_json::{Value, json};
 
 /// A Collector on a loopback port writing what it receives to a file.
@@ -144,30 +144,10 @@ async fn each_reconcile_reaches_the_collector_as_a_span_with_its_provider_calls_
 
             let config_name = format!("traced-{ns}");
             let configs: Api<ProviderConfig> = Api::all(client.clone());
-            let config: ProviderConfig = serde_json::from_value(json!({
-                "metadata": {"name": config_name},
-                "spec": {"provider": "nop", "pollInterval": "2s", "defaults": {"region": "nop-region-1"}},
-            }))
-            .unwrap();
-            configs.create(&PostParams::default(), &config).await.unwrap();
+            nop::provider_config(&client, &config_name, json!({})).await;
+            nop::cluster(&client, &ns, "traced", &config_name, json!({})).await;
+            nop::await_ready(&client, &ns, "traced", &controller).await;
             let clusters: Api<Cluster> = Api::namespaced(client.clone(), &ns);
-            let cluster: Cluster = serde_json::from_value(json!({
-                "metadata": {"name": "traced"},
-                "spec": {
-                    "providerConfigRef": {"name": config_name},
-                    "version": "1.36",
-                    "nodePools": [{"name": "workers", "machineType": "standard-2", "min": 1, "max": 3, "desired": 1}],
-                },
-            }))
-            .unwrap();
-            clusters.create(&PostParams::default(), &cluster).await.unwrap();
-            controller
-                .wait_for(&clusters, "traced", "Ready", |c| {
-                    c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
-                        s.conditions.iter().any(|c| c.type_ == condition::READY && c.status == "True")
-                    })
-                })
-                .await;
 
             // The pass that created it: a reconcile span of this Cluster,
             // and the create call as its child in the same trace.

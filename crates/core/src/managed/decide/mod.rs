@@ -187,22 +187,11 @@ fn resolve_pending_create<K: Managed>(
             let since = Duration::try_from(facts.now.duration_since(started)).unwrap_or_default();
             let grace = facts.creation_grace_period;
             if since < grace {
-                let conditions = [
-                    Desired::no(
-                        condition::READY,
-                        "Creating",
-                        format!(
-                            "the create of {name} started at {started} was interrupted and the provider does not list it yet; it is created again if it is still not listed after the creation grace period ({}s)",
-                            grace.as_secs()
-                        ),
-                    ),
-                    Desired::yes(condition::SYNCED, "ReconcileSuccess", "create requested"),
-                    facts.keep(condition::DRIFTED),
-                ];
-                return Decision::status(
-                    facts.plan(Phase::Provisioning, conditions, false, None, None),
-                    Next::Within(grace - since + Duration::from_millis(100)),
+                let message = format!(
+                    "the create of {name} started at {started} was interrupted and the provider does not list it yet; it is created again if it is still not listed after the creation grace period ({}s)",
+                    grace.as_secs()
                 );
+                return await_listing(facts, message, since, None);
             }
             let mut decision = missing(facts, seen, false);
             decision.notes.insert(
@@ -241,6 +230,33 @@ fn resolve_pending_create<K: Managed>(
             .note(Note::warning("CreatePendingUnknown", "Create", message))
         }
     }
+}
+
+/// Not listed yet, within the creation grace period (clouds are
+/// eventually consistent right after a create): Provisioning, looked at
+/// again when the period is over.
+fn await_listing<K: Managed>(
+    facts: &Facts<'_, K>,
+    message: String,
+    since: Duration,
+    observed_generation: Option<i64>,
+) -> Decision<K::Change> {
+    let conditions = [
+        Desired::no(condition::READY, "Creating", message),
+        Desired::yes(condition::SYNCED, "ReconcileSuccess", "create requested"),
+        facts.keep(condition::DRIFTED),
+    ];
+    let left = facts.creation_grace_period.saturating_sub(since) + Duration::from_millis(100);
+    Decision::status(
+        facts.plan(
+            Phase::Provisioning,
+            conditions,
+            false,
+            None,
+            observed_generation,
+        ),
+        Next::Within(left),
+    )
 }
 
 fn already_exists<K: Managed>(
@@ -320,29 +336,11 @@ fn missing<K: Managed>(
         let since = Duration::try_from(facts.now.duration_since(created_at)).unwrap_or_default();
         let grace = facts.creation_grace_period;
         if since < grace {
-            let conditions = [
-                Desired::no(
-                    condition::READY,
-                    "Creating",
-                    format!(
-                        "{name} was created at {created_at} and the provider does not list it yet; it is taken as deleted only after the creation grace period ({}s)",
-                        grace.as_secs()
-                    ),
-                ),
-                Desired::yes(condition::SYNCED, "ReconcileSuccess", "create requested"),
-                facts.keep(condition::DRIFTED),
-            ];
-            let left = grace - since + Duration::from_millis(100);
-            return Decision::status(
-                facts.plan(
-                    Phase::Provisioning,
-                    conditions,
-                    false,
-                    None,
-                    facts.kept_generation(),
-                ),
-                Next::Within(left),
+            let message = format!(
+                "{name} was created at {created_at} and the provider does not list it yet; it is taken as deleted only after the creation grace period ({}s)",
+                grace.as_secs()
             );
+            return await_listing(facts, message, since, facts.kept_generation());
         }
         // It existed, and something outside removed it.
         let fields = vec![format!("{name}: spec present, actual absent")];
