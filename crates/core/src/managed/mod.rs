@@ -261,12 +261,13 @@ pub struct Engine<K: Managed> {
     /// The hash of the connection details this process last wrote, per
     /// object.
     published: Mutex<HashMap<ObjectRef<K>, u64>>,
-    /// The status this process last wrote for each object, until the next
-    /// pass of that object. A pass that starts from a cached object
-    /// predating our write works from what we wrote instead (the engine is
-    /// the only status writer), so it neither rewrites the same status nor
-    /// loses condition transition times.
-    written: Mutex<HashMap<ObjectRef<K>, K::Status>>,
+    /// The object as the API server returned it after this process's last
+    /// write (metadata or status), until the watch cache has caught up with
+    /// it. A pass that starts from a cached object older than our write
+    /// works from what we wrote instead: it then sees its own create marks
+    /// and external name (so it never creates twice), neither rewrites the
+    /// same status nor loses condition transition times.
+    written: Mutex<HashMap<ObjectRef<K>, Arc<K>>>,
     options: Options,
 }
 
@@ -386,23 +387,50 @@ fn trigger_hash<K: Resource>(obj: &K) -> Option<u64> {
     Some(hasher.finish())
 }
 
+/// An object's resourceVersion as a number. The API server's versions
+/// are etcd revisions, integers that only grow, and Kubernetes documents
+/// comparing them ("comparable resource versions", KEP-5504); anything
+/// else is not compared.
+fn version_of<K: Resource>(obj: &K) -> Option<u64> {
+    obj.meta().resource_version.as_deref()?.parse().ok()
+}
+
+/// Whether `ours` (returned by a write) is a later state of the same
+/// object than `cached`.
+fn newer_than_cache<K: Resource>(cached: &K, ours: &K) -> bool {
+    let same_object = ours.meta().uid == cached.meta().uid;
+    match (version_of(cached), version_of(ours)) {
+        (Some(cached), Some(wrote)) => same_object && cached < wrote,
+        _ => false,
+    }
+}
+
 impl<K: Managed> Engine<K> {
-    /// `obj` with the status this process last wrote, when the watch cache
-    /// has not caught up with that write yet. Only the next pass needs it
-    /// (it is the one that can start before the watch delivers our write),
-    /// so the entry is taken, which keeps the map to the objects written in
-    /// the last moments.
-    fn with_written_status(&self, obj: Arc<K>) -> Arc<K> {
+    /// `obj`, or the object our last write returned when the watch cache
+    /// has not caught up with that write yet. The entry is kept until a
+    /// pass sees the cache at or past it, so a cache that lags for several
+    /// passes is covered too, and the map holds only objects written since
+    /// their last pass.
+    fn with_written(&self, obj: Arc<K>) -> Arc<K> {
         let key = ObjectRef::from(&*obj);
-        let Some(status) = self.written.lock().expect("written map").remove(&key) else {
+        let mut written = self.written.lock().expect("written map");
+        let Some(ours) = written.get(&key) else {
             return obj;
         };
-        if obj.status() == Some(&status) {
-            return obj;
+        if newer_than_cache(&*obj, &**ours) {
+            return ours.clone();
         }
-        let mut copy = (*obj).clone();
-        copy.set_status(status);
-        Arc::new(copy)
+        written.remove(&key);
+        obj
+    }
+
+    /// Keeps the object a write of ours returned (see [`Engine::written`]).
+    fn remember_write(&self, returned: K) {
+        let key = ObjectRef::from(&returned);
+        self.written
+            .lock()
+            .expect("written map")
+            .insert(key, Arc::new(returned));
     }
 
     /// Forgets what this process wrote for `obj` (it is gone).
@@ -410,5 +438,33 @@ impl<K: Managed> Engine<K> {
         let key = ObjectRef::from(obj);
         self.published.lock().expect("published map").remove(&key);
         self.written.lock().expect("written map").remove(&key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fleetforge_api::Cluster;
+    use serde_json::json;
+
+    use super::newer_than_cache;
+
+    fn cluster(uid: &str, version: &str) -> Cluster {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "team", "uid": uid, "resourceVersion": version},
+            "spec": {"providerConfigRef": {"name": "nop"}},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_write_is_used_only_while_the_cache_is_behind_it() {
+        // etcd revisions compare as numbers, not as strings ("9" < "10").
+        assert!(newer_than_cache(&cluster("a", "9"), &cluster("a", "10")));
+        assert!(!newer_than_cache(&cluster("a", "10"), &cluster("a", "10")));
+        assert!(!newer_than_cache(&cluster("a", "11"), &cluster("a", "10")));
+        // A Cluster deleted and made again under the name is another object.
+        assert!(!newer_than_cache(&cluster("b", "9"), &cluster("a", "10")));
+        // Versions that are not revisions are never compared.
+        assert!(!newer_than_cache(&cluster("a", "x"), &cluster("a", "10")));
     }
 }

@@ -37,7 +37,7 @@ pub async fn reconcile<K: Managed>(obj: Arc<K>, engine: Arc<Engine<K>>) -> Resul
     // Before the first list of ProviderConfigs is in, every object would
     // look like its account is missing (and write that, then undo it).
     engine.provider_configs_listed.wait().await;
-    let obj = engine.with_written_status(obj);
+    let obj = engine.with_written(obj);
     let pass = Pass::new(&engine, &obj);
     let result = pass.run().await;
     if let Err(error) = &result {
@@ -418,18 +418,15 @@ impl<'a, K: Managed> Pass<'a, K> {
             "kind": K::kind(&()),
             "status": &status,
         });
-        self.api
+        let returned = self
+            .api
             .patch_status(
                 &self.name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&patch),
             )
             .await?;
-        self.engine
-            .written
-            .lock()
-            .expect("written map")
-            .insert(ObjectRef::from(self.obj), status);
+        self.engine.remember_write(returned);
         Ok(())
     }
 
@@ -478,13 +475,15 @@ impl<'a, K: Managed> Pass<'a, K> {
                 "annotations": annotations,
             },
         });
-        self.api
+        let returned = self
+            .api
             .patch(
                 &self.name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&patch),
             )
             .await?;
+        self.engine.remember_write(returned);
         Ok(())
     }
 
