@@ -51,17 +51,11 @@ impl Registry {
             "--address".into(),
             host.clone(),
         ];
-        let process =
+        let mut process =
             OwnedProcess::spawn_with_env("crane registry", &crane(), &args, &[], log).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&host).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the registry did not listen: {}",
-                process.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        process
+            .await_listening(port, Duration::from_secs(20))
+            .unwrap();
         Self {
             _process: process,
             host,

@@ -18,7 +18,7 @@ use fleetforge_e2e::nop;
 use fleetforge_e2e::{Controller, kubectl, service_account_token, workspace_root};
 use fleetforge_testenv::{await_condition, shared};
 use kube::ResourceExt;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use serde_json::{Value, json};
 
 #[test]
@@ -397,19 +397,14 @@ async fn installed_with_helm_the_image_run_as_a_pod_brings_clusters_to_ready() {
 
     // A Cluster naming a ProviderConfig that does not exist is Stalled,
     // not in progress forever.
-    let missing: Cluster = serde_json::from_value(json!({
-        "metadata": {"name": "orphan"},
-        "spec": {
-            "providerConfigRef": {"name": "no-such-account"},
-            "version": "1.36",
-            "nodePools": [{"name": "workers", "machineType": "standard-2", "min": 1, "max": 3, "desired": 1}],
-        },
-    }))
-    .unwrap();
-    clusters
-        .create(&PostParams::default(), &missing)
-        .await
-        .unwrap();
+    nop::cluster(
+        &client,
+        "chart-users",
+        "orphan",
+        "no-such-account",
+        json!({}),
+    )
+    .await;
     let stalled = await_condition(
         &clusters,
         "orphan",

@@ -43,22 +43,16 @@ fn start_collector(dir: &Path) -> Collector {
         ),
     )
     .unwrap();
-    let process = OwnedProcess::spawn(
+    let mut process = OwnedProcess::spawn(
         "otelcol",
         &binary,
         &[format!("--config=file:{}", config.display())],
         &dir.join("otelcol.log"),
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the collector did not listen:\n{}",
-            process.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    process
+        .await_listening(port, Duration::from_secs(30))
+        .unwrap();
     Collector {
         process,
         endpoint: format!("http://127.0.0.1:{port}"),

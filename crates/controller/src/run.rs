@@ -199,16 +199,32 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     );
     let mut supervisor = Supervisor::new(readiness, stopping);
     let targets = Arc::new(TargetClients::new());
+    // One watch and one cache per kind, however many controllers read it.
+    let informers = fleetforge_core::watch::Informers::new(&client, args.namespace.as_deref());
+    {
+        let informers = informers.clone();
+        let stopped = runtime.stopped();
+        supervisor.spawn("informers", async move {
+            tokio::select! {
+                () = informers.run() => {}
+                () = stopped => {}
+            }
+            Ok(())
+        });
+    }
     {
         let (runtime, client) = (runtime.clone(), client.clone());
         let providers = crate::providers::clusters(&args.local());
         let options = Options {
-            namespace: args.namespace.clone(),
             creation_grace_period: args.creation_grace_period,
             ..Options::default()
         };
+        let clusters = informers.clusters.clone();
         supervisor.spawn("Cluster", async move {
-            fleetforge_core::run::<Cluster>(&runtime, client, providers, metrics, options).await;
+            fleetforge_core::run::<Cluster>(
+                &runtime, client, &clusters, providers, metrics, options,
+            )
+            .await;
             Ok(())
         });
     }
@@ -235,37 +251,55 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             max_helm_processes: args.max_helm_processes,
         };
         let drivers = drivers.clone();
+        let informers = informers.clone();
         supervisor.spawn("ToolInstall", async move {
-            fleetforge_tools::run_with(&runtime, client, options, drivers, drifted).await;
+            fleetforge_tools::run_with(&runtime, client, &informers, options, drivers, drifted)
+                .await;
             Ok(())
         });
     }
     {
         let (runtime, client) = (runtime.clone(), client.clone());
         let namespace = args.namespace.clone();
+        let clusters = informers.clusters.clone();
         supervisor.spawn("ClusterProfile", async move {
-            fleetforge_tools::profile::run::<Cluster>(&runtime, client, namespace).await;
+            fleetforge_tools::profile::run::<Cluster>(&runtime, client, &clusters, namespace).await;
             Ok(())
         });
     }
     {
         let (runtime, client) = (runtime.clone(), client.clone());
         let namespace = args.namespace.clone();
+        let virtual_clusters = informers.virtual_clusters.clone();
         supervisor.spawn("VirtualClusterProfile", async move {
-            fleetforge_tools::profile::run::<VirtualCluster>(&runtime, client, namespace).await;
+            fleetforge_tools::profile::run::<VirtualCluster>(
+                &runtime,
+                client,
+                &virtual_clusters,
+                namespace,
+            )
+            .await;
             Ok(())
         });
     }
     {
         let (runtime, client) = (runtime.clone(), client.clone());
         let options = fleetforge_provider_vcluster::VirtualClusterOptions {
-            namespace: args.namespace.clone(),
             charts_dir: absolute(&args.charts_dir),
             management_kubeconfig,
         };
         let (helm, targets) = (drivers.helm.clone(), targets.clone());
+        let virtual_clusters = informers.virtual_clusters.clone();
         supervisor.spawn("VirtualCluster", async move {
-            fleetforge_provider_vcluster::run(&runtime, client, options, helm, targets).await
+            fleetforge_provider_vcluster::run(
+                &runtime,
+                client,
+                &virtual_clusters,
+                options,
+                helm,
+                targets,
+            )
+            .await
         });
     }
     {

@@ -5,6 +5,10 @@
 
 use std::fmt::Debug;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use fleetforge_api::{Cluster, VirtualCluster};
+use fleetforge_runtime::informer::Informer;
 
 use futures::{Stream, StreamExt};
 use kube::api::Api;
@@ -12,6 +16,36 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+
+/// The process's one informer of each kind several controllers follow:
+/// Clusters (the engine, the tools fan-out, the profile controller) and
+/// VirtualClusters (their controller, the tools fan-out, the profile
+/// controller). Made before the controllers, run beside them.
+#[derive(Debug, Clone)]
+pub struct Informers {
+    /// Every Cluster in scope.
+    pub clusters: Arc<Informer<Cluster>>,
+    /// Every VirtualCluster in scope.
+    pub virtual_clusters: Arc<Informer<VirtualCluster>>,
+}
+
+impl Informers {
+    /// Informers of the objects in `namespace` (all when None).
+    pub fn new(client: &Client, namespace: Option<&str>) -> Self {
+        Self {
+            clusters: Informer::new(scoped(client, namespace)),
+            virtual_clusters: Informer::new(scoped(client, namespace)),
+        }
+    }
+
+    /// Runs every watch until the process stops.
+    pub async fn run(&self) {
+        tokio::join!(
+            self.clusters.clone().run(),
+            self.virtual_clusters.clone().run()
+        );
+    }
+}
 
 /// The objects of kind K in `namespace`, or in every namespace when None
 /// (a controller started with or without `--namespace`).

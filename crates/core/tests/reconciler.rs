@@ -9,6 +9,7 @@ use fleetforge_api::{Cluster, ProviderConfig, ProviderKind, annotation, conditio
 use fleetforge_core::{Metrics, Options, Providers};
 use fleetforge_provider_nop::{NopCloud, NopCluster, NopFactory, NopPool};
 use fleetforge_runtime::backoff::BackoffSettings;
+use fleetforge_runtime::informer::Informer;
 use fleetforge_runtime::{ControllerMetrics, Runtime};
 use fleetforge_testenv::{Requests, await_condition, shared, with_temp_ns};
 use k8s_openapi::api::core::v1::Secret;
@@ -96,14 +97,18 @@ impl Harness {
         let options = Options {
             active_interval: Duration::from_millis(200),
             creation_grace_period: Duration::from_secs(3),
-            namespace: Some(self.namespace.clone()),
             ..Options::default()
         };
         self.metrics = Arc::new(Metrics::default());
         let providers = Providers::default().register(ProviderKind::Nop, self.nop.clone());
         let metrics = self.metrics.clone();
+        // A new informer per engine, as a restarted process has.
+        let clusters = Informer::new(Api::<Cluster>::namespaced(client.clone(), &self.namespace));
         tokio::spawn(async move {
-            fleetforge_core::run::<Cluster>(&runtime, client, providers, metrics, options).await;
+            tokio::select! {
+                () = fleetforge_core::run::<Cluster>(&runtime, client, &clusters, providers, metrics, options) => {}
+                () = clusters.clone().run() => {}
+            }
         });
         self.stop = Some(stop);
     }

@@ -19,6 +19,7 @@ pub mod clients;
 pub mod controller;
 pub mod error;
 pub mod events;
+pub mod informer;
 pub mod metrics;
 pub mod ready;
 pub mod status;

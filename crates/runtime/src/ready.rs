@@ -47,6 +47,11 @@ pub fn gate() -> (Opener, Gate) {
 }
 
 impl Gate {
+    /// Whether the watch has listed, without waiting.
+    pub fn is_open(&self) -> bool {
+        *self.open.borrow()
+    }
+
     /// Waits until the watch has listed; false if it never will (its
     /// stream went away).
     pub async fn wait(&self) -> bool {

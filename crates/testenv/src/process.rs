@@ -113,6 +113,31 @@ impl OwnedProcess {
         }
     }
 
+    /// Waits up to `within` for the process to accept connections on
+    /// loopback `port`; fails early if it exits, and with its log's tail.
+    pub fn await_listening(&mut self, port: u16, within: std::time::Duration) -> Result<(), Error> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let connected = std::net::TcpStream::connect_timeout(
+                &(Ipv4Addr::LOCALHOST, port).into(),
+                std::time::Duration::from_secs(1),
+            );
+            match connected {
+                Ok(_) => return Ok(()),
+                Err(e) if std::time::Instant::now() >= deadline => {
+                    return Err(Error::NotReady {
+                        what: format!("{} to listen on 127.0.0.1:{port}", self.name),
+                        waited: within,
+                        last: format!("{e}; its log ends with:\n{}", self.log_tail()),
+                    });
+                }
+                Err(_) => {}
+            }
+            self.ensure_running()?;
+            thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// The last lines the process wrote, for error messages.
     pub fn log_tail(&self) -> String {
         tail(&self.log, 4096)

@@ -25,11 +25,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use fleetforge_api::tool_target::TargetRef;
-use fleetforge_api::{Cluster, ToolInstall, ToolSet, ToolTarget, VirtualCluster};
+use fleetforge_api::{ToolInstall, ToolSet, ToolTarget};
 use fleetforge_core::events::Recorder;
-use fleetforge_core::watch::scoped;
+use fleetforge_core::watch::{Informers, scoped};
 use fleetforge_runtime::Runtime;
 use fleetforge_runtime::clients::TargetClients;
+use fleetforge_runtime::informer::Change;
 use fleetforge_runtime::ready::gate;
 use futures::{Stream, StreamExt};
 use kube::api::Api;
@@ -43,7 +44,7 @@ pub use metrics::ToolMetrics;
 pub use sync::values_equal;
 pub use tool_target::Drivers;
 
-use crate::select::{INSTALL_LABEL, Object, Slim, target_key};
+use crate::select::{INSTALL_LABEL, Object, target_key};
 
 /// Settings of the tools controllers.
 #[derive(Debug, Clone)]
@@ -86,30 +87,14 @@ pub fn drivers(
 }
 
 /// Runs the ToolInstall and ToolTarget controllers until the process
-/// stops, or says why they cannot start.
-pub async fn run(
-    runtime: &Runtime,
-    client: Client,
-    options: ToolOptions,
-    metrics: Arc<ToolMetrics>,
-    clients: Arc<TargetClients>,
-) -> Result<(), String> {
-    let (drivers, drifted) = drivers(
-        options.helm.clone(),
-        options.max_helm_processes,
-        clients,
-        metrics,
-    )?;
-    run_with(runtime, client, options, drivers, drifted).await;
-    Ok(())
-}
-
-/// As [`run`], with the drivers given (tests and benchmarks hold on to the
-/// nop driver); `drifted` carries the keys of targets whose compared
+/// stops, with the drivers given (tests and benchmarks hold on to the nop
+/// driver), reading targets from the process's `targets` informers (their
+/// runner runs them); `drifted` carries the keys of targets whose compared
 /// objects changed.
 pub async fn run_with(
     runtime: &Runtime,
     client: Client,
+    targets: &Informers,
     options: ToolOptions,
     drivers: Drivers,
     drifted: UnboundedReceiver<String>,
@@ -117,14 +102,14 @@ pub async fn run_with(
     let scope = options.namespace.as_deref();
     let (install_store, install_events) =
         fleetforge_core::watch::changes(scoped::<ToolInstall>(&client, scope));
-    let (cluster_store, cluster_writer) = reflector::store::<Cluster>();
-    let (virtual_store, virtual_writer) = reflector::store::<VirtualCluster>();
+    let cluster_store = targets.clusters.store();
+    let virtual_store = targets.virtual_clusters.store();
     let (set_store, set_writer) = reflector::store::<ToolSet>();
     let (child_store, child_writer) = reflector::store::<ToolTarget>();
     let (wake_install, installs_woken) = unbounded_channel::<ObjectRef<ToolInstall>>();
     // Each cache opens its gate when its watch has listed everything.
-    let (clusters_opener, clusters_listed) = gate();
-    let (virtual_opener, virtual_listed) = gate();
+    let clusters_listed = targets.clusters.listed();
+    let virtual_listed = targets.virtual_clusters.listed();
     let (sets_opener, sets_listed) = gate();
     let (children_opener, children_listed) = gate();
     let (wake_child, children_woken) = unbounded_channel::<ObjectRef<ToolTarget>>();
@@ -216,22 +201,8 @@ pub async fn run_with(
         wake_child,
         seen: Mutex::new(HashMap::new()),
     };
-    let clusters = watcher(
-        scoped::<Cluster>(&client, scope),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .modify(Cluster::slim)
-    .reflect(cluster_writer)
-    .inspect(clusters_opener.on_listed());
-    let virtual_clusters = watcher(
-        scoped::<VirtualCluster>(&client, scope),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .modify(VirtualCluster::slim)
-    .reflect(virtual_writer)
-    .inspect(virtual_opener.on_listed());
+    let clusters = targets.clusters.subscribe().into_stream();
+    let virtual_clusters = targets.virtual_clusters.subscribe().into_stream();
     let stopped = runtime.stopped();
     // The routes run as long as their streams (which never end by
     // themselves, but for the drift channel of a driver that has none).
@@ -275,25 +246,22 @@ struct Router {
 impl Router {
     async fn route<K>(
         &self,
-        events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+        changes: impl Stream<Item = Change<K>>,
         object: for<'a> fn(&'a K) -> Object<'a>,
     ) where
         K: Resource + ResourceExt,
     {
-        let mut events = std::pin::pin!(events);
-        while let Some(event) = events.next().await {
-            let (targets, gone): (Vec<&K>, bool) = match &event {
-                Ok(watcher::Event::Apply(k) | watcher::Event::InitApply(k)) => (vec![k], false),
-                Ok(watcher::Event::Delete(k)) => (vec![k], true),
-                _ => (Vec::new(), false),
+        let mut changes = std::pin::pin!(changes);
+        while let Some(change) = changes.next().await {
+            let (target, gone) = match &change {
+                Change::Applied(k) => (k, false),
+                Change::Deleted(k) => (k, true),
             };
-            for target in targets {
-                self.changed(
-                    object(target),
-                    &target.namespace().unwrap_or_default(),
-                    gone,
-                );
-            }
+            self.changed(
+                object(target),
+                &target.namespace().unwrap_or_default(),
+                gone,
+            );
         }
     }
 

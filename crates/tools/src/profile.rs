@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use fleetforge_api::{Cluster, ToolInstall, VirtualCluster, condition, label};
 use fleetforge_core::conditions;
+use fleetforge_runtime::informer::Informer;
 use futures::StreamExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -33,7 +34,6 @@ pub trait Profiled:
     + Clone
     + std::fmt::Debug
     + serde::de::DeserializeOwned
-    + crate::select::Slim
     + Send
     + Sync
     + 'static
@@ -93,20 +93,18 @@ struct Context {
     listed: fleetforge_runtime::ready::Gate,
 }
 
-/// Runs until the process stops, for objects of kind `K`.
+/// Runs until the process stops, for the objects of kind `K` the
+/// process's informer `objects` follows (its runner runs it).
 pub async fn run<K: Profiled>(
     runtime: &fleetforge_runtime::Runtime,
     client: Client,
+    objects: &Informer<K>,
     namespace: Option<String>,
 ) {
-    let objects: Api<K> = fleetforge_core::watch::scoped(&client, namespace.as_deref());
-    let (store, writer) = reflector::store::<K>();
-    let events = watcher(objects, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(K::slim)
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(profile_hash::<K>, Default::default());
+    let store = objects.store();
+    let events = objects
+        .subscribe()
+        .changes_by(profile_hash::<K>, |_: &K| {});
     // Only profile ToolInstalls (labelled with their owner), metadata and
     // all: a deleted one is made again by its owner's next pass.
     let (installs, install_writer) = reflector::store::<ToolInstall>();
@@ -129,7 +127,7 @@ pub async fn run<K: Profiled>(
         listed,
         installs,
     });
-    let controller = Controller::for_stream(events, store).owns_stream(install_events);
+    let controller = Controller::for_shared_stream(events, store).owns_stream(install_events);
     runtime
         .run(K::CONTROLLER, controller, context, reconcile::<K>)
         .await;

@@ -433,38 +433,3 @@ fn count(n: usize) -> i32 {
 #[cfg(test)]
 #[path = "select_tests.rs"]
 mod tests;
-
-/// What the tools controllers keep of a target in their caches: the fields
-/// selection, facts, readiness and the connection Secret read, without
-/// managedFields, node pools, drift, tags or chart values. Every process
-/// also runs the engine, which caches the whole object; a second whole
-/// copy per target tripled the resident memory of 10,000 idle Clusters.
-pub trait Slim {
-    /// Drops what the tools controllers do not read.
-    fn slim(&mut self);
-}
-
-impl Slim for Cluster {
-    fn slim(&mut self) {
-        self.metadata.managed_fields = None;
-        self.spec.node_pools = Vec::new();
-        self.spec.tags = Default::default();
-        self.spec.provider = None;
-        if let Some(status) = self.status.as_mut() {
-            status.node_pools = Vec::new();
-            status.drift = None;
-            status.conditions.retain(|c| c.type_ == condition::READY);
-        }
-    }
-}
-
-impl Slim for VirtualCluster {
-    fn slim(&mut self) {
-        self.metadata.managed_fields = None;
-        self.spec.values = None;
-        self.spec.chart = None;
-        if let Some(status) = self.status.as_mut() {
-            status.conditions.retain(|c| c.type_ == condition::READY);
-        }
-    }
-}

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetforge_api::{Cluster, ToolInstall, ToolState, ToolTarget};
+use fleetforge_core::watch::Informers;
 use fleetforge_testenv::{shared, with_temp_ns};
 use fleetforge_tools::driver::HelmDriver;
 use fleetforge_tools::helm::Helm;
@@ -60,8 +61,12 @@ impl Harness {
         };
         let (_, drifted) = tokio::sync::mpsc::unbounded_channel();
         let run_client = client.clone();
+        let informers = Informers::new(&client, Some(&namespace));
         tokio::spawn(async move {
-            fleetforge_tools::run_with(&runtime, run_client, options, drivers, drifted).await;
+            tokio::select! {
+                () = fleetforge_tools::run_with(&runtime, run_client, &informers, options, drivers, drifted) => {}
+                () = informers.run() => {}
+            }
         });
         Self {
             client,

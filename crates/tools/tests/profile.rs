@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use fleetforge_api::{Cluster, ToolInstall};
+use fleetforge_runtime::informer::Informer;
 use fleetforge_testenv::{await_condition, shared, with_temp_ns};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -42,7 +43,11 @@ async fn profiles_become_tool_installs_without_reading_tool_installs() {
         let runtime = fleetforge_runtime::Runtime::new(Default::default(), stopping);
         let namespace = ns.clone();
         tokio::spawn(async move {
-            fleetforge_tools::profile::run::<Cluster>(&runtime, client, Some(namespace)).await;
+            let clusters = Informer::new(Api::<Cluster>::namespaced(client.clone(), &namespace));
+            tokio::select! {
+                () = fleetforge_tools::profile::run::<Cluster>(&runtime, client, &clusters, Some(namespace.clone())) => {}
+                () = clusters.clone().run() => {}
+            }
         });
         let clusters: Api<Cluster> = Api::namespaced(admin.clone(), &ns);
         for i in 0..5 {

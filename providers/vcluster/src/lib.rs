@@ -19,6 +19,7 @@ use fleetforge_core::conditions::{self, Desired};
 use fleetforge_core::events::{EventType, Recorder};
 use fleetforge_core::finalizer;
 use fleetforge_runtime::clients::TargetClients;
+use fleetforge_runtime::informer::Informer;
 use fleetforge_tools::driver::{Driver, HelmDriver, Session, Target};
 use fleetforge_tools::helm::{self, OWNER_LABEL, ReleaseRequest};
 use fleetforge_tools::values_equal;
@@ -34,8 +35,6 @@ pub const DEFAULT_CHART: (&str, &str, &str) = ("https://charts.loft.sh", "vclust
 /// Settings of the VirtualCluster controller.
 #[derive(Debug, Clone)]
 pub struct VirtualClusterOptions {
-    /// Only VirtualClusters in this namespace (default: all).
-    pub namespace: Option<String>,
     /// Where relative chart paths are resolved.
     pub charts_dir: std::path::PathBuf,
     /// A kubeconfig for the management cluster as the controller itself
@@ -72,10 +71,12 @@ impl fleetforge_runtime::ReconcileError for Error {
 }
 
 /// Runs the VirtualCluster controller until the process stops, or says
-/// why it cannot start.
+/// why it cannot start; `objects` is the process's informer of
+/// VirtualClusters (its runner runs it).
 pub async fn run(
     runtime: &fleetforge_runtime::Runtime,
     client: Client,
+    objects: &Informer<VirtualCluster>,
     options: VirtualClusterOptions,
     helm: Arc<HelmDriver>,
     clients: Arc<TargetClients>,
@@ -88,13 +89,13 @@ pub async fn run(
         charts_dir: options.charts_dir.clone(),
         management_kubeconfig: options.management_kubeconfig.clone(),
     });
-    let api =
-        fleetforge_core::watch::scoped::<VirtualCluster>(&client, options.namespace.as_deref());
-    let (store, events) = fleetforge_core::watch::changes(api);
+    let events = objects
+        .subscribe()
+        .changes_by(fleetforge_core::watch::change_hash, |_: &VirtualCluster| {});
     runtime
         .run(
             "VirtualCluster",
-            Controller::for_stream(events, store),
+            Controller::for_shared_stream(events, objects.store()),
             context,
             reconcile,
         )

@@ -37,6 +37,7 @@ use fleetforge_api::{
 };
 use fleetforge_runtime::Runtime;
 use fleetforge_runtime::events::Recorder;
+use fleetforge_runtime::informer::Informer;
 use fleetforge_runtime::ready::{Gate, gate};
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
@@ -225,8 +226,6 @@ pub struct Options {
     pub client_ttl: Duration,
     /// Name reported as the source of events.
     pub reporter: String,
-    /// Only manage objects in this namespace (all namespaces when `None`).
-    pub namespace: Option<String>,
     /// How long after a successful create a resource the provider does not
     /// list is taken to be on its way (clouds are eventually consistent
     /// right after a create) rather than deleted out of band.
@@ -239,7 +238,6 @@ impl Default for Options {
             active_interval: Duration::from_secs(5),
             client_ttl: Duration::from_secs(300),
             reporter: "fleetforge".to_string(),
-            namespace: None,
             creation_grace_period: Duration::from_secs(30),
         }
     }
@@ -282,24 +280,28 @@ impl<K: Managed> Debug for Engine<K> {
 }
 
 /// Runs the managed reconciler for kind `K`, and the ProviderConfig
-/// reconciler, on `runtime` until the process stops.
+/// reconciler, on `runtime` until the process stops. `objects` is the
+/// process's one informer of `K` (other controllers read it too); whoever
+/// made it runs it.
 pub async fn run<K: Managed>(
     runtime: &Runtime,
     client: Client,
+    objects: &Informer<K>,
     providers: Providers<K>,
     metrics: Arc<Metrics>,
     options: Options,
 ) {
     let (config_store, config_writer) = reflector::store::<ProviderConfig>();
     let (configs_opener, configs_listed) = gate();
-    let objects: Api<K> = crate::watch::scoped(&client, options.namespace.as_deref());
     // Reconcile on what users and we change in spec and metadata; our own
     // status writes and create markers do not trigger another pass. An
     // object that goes makes its ProviderConfig count its users again.
     let (users_changed, users_changes) = tokio::sync::mpsc::unbounded_channel::<String>();
     let gone = users_changed.clone();
-    let (object_store, object_events) =
-        crate::watch::changes_and_deletions(objects, trigger_hash::<K>, move |obj: &K| {
+    let object_store = objects.store();
+    let object_events = objects
+        .subscribe()
+        .changes_by(trigger_hash::<K>, move |obj: &K| {
             let _ = gone.send(obj.provider_config_name().to_string());
         });
     let engine = Arc::new(Engine {
@@ -326,9 +328,8 @@ pub async fn run<K: Managed>(
         .predicate_filter(predicates::generation, Default::default());
 
     let users = object_store.clone();
-    let objects_controller = Controller::for_stream(object_events, object_store).watches_stream(
-        config_events,
-        move |config: ProviderConfig| {
+    let objects_controller = Controller::for_shared_stream(object_events, object_store)
+        .watches_stream(config_events, move |config: ProviderConfig| {
             let name = config.name_any();
             users
                 .state()
@@ -336,8 +337,7 @@ pub async fn run<K: Managed>(
                 .filter(|obj| obj.provider_config_name() == name)
                 .map(|obj| ObjectRef::from(&*obj))
                 .collect::<Vec<_>>()
-        },
-    );
+        });
     let objects_controller = runtime.run(
         K::KIND,
         objects_controller,
