@@ -4,12 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use fleetforge_api::tool_set::ToolSetStatus;
 use fleetforge_api::{FIELD_MANAGER, Tool, ToolSet, condition};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use serde_json::json;
 
 use crate::conditions::{self, Desired};
 
@@ -128,30 +128,20 @@ async fn reconcile(set: Arc<ToolSet>, client: Arc<Client>) -> Result<Action, kub
         &conditions::now(),
     );
     let tool_count = i32::try_from(set.spec.tools.len()).unwrap_or(i32::MAX);
-    if current.conditions == conditions
-        && current.observed_generation == generation
-        && current.tool_count == Some(tool_count)
-        && current.install_order == order
-    {
-        return Ok(Action::await_change());
-    }
-    let status = json!({
-        "apiVersion": "fleetforge.dev/v1alpha1",
-        "kind": "ToolSet",
-        "status": {
-            "conditions": conditions,
-            "observedGeneration": generation,
-            "toolCount": tool_count,
-            "installOrder": order,
-        },
-    });
-    Api::<ToolSet>::all((*client).clone())
-        .patch_status(
-            &set.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&status),
-        )
-        .await?;
+    let status = ToolSetStatus {
+        conditions,
+        observed_generation: generation,
+        tool_count: Some(tool_count),
+        install_order: order,
+    };
+    fleetforge_runtime::status::apply_if_changed(
+        &Api::<ToolSet>::all((*client).clone()),
+        &set.name_any(),
+        FIELD_MANAGER,
+        Some(&current),
+        &status,
+    )
+    .await?;
     Ok(Action::await_change())
 }
 

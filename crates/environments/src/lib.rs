@@ -3,15 +3,14 @@
 //! profile's tools; it is deleted when its time to live runs out, can be put
 //! to sleep and woken, and a per-owner maximum holds requests back.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fleetforge_api::cluster::ClusterPhase;
-use fleetforge_api::environment::{EnvironmentPhase, EnvironmentType, Estimate};
+use fleetforge_api::environment::{EnvironmentPhase, EnvironmentStatus, EnvironmentType, Estimate};
 use fleetforge_api::virtual_cluster::VirtualClusterPhase;
 use fleetforge_api::{
-    Cluster, Environment, FIELD_MANAGER, ToolInstall, VirtualCluster, condition, label,
+    Cluster, Environment, FIELD_MANAGER, Reference, ToolInstall, VirtualCluster, condition, label,
 };
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
@@ -742,33 +741,25 @@ async fn write_status(
         generation,
         &conditions::now(),
     );
-    let mut fields: BTreeMap<&str, Value> = BTreeMap::new();
-    fields.insert("phase", json!(status.phase));
-    fields.insert("conditions", json!(conditions));
-    fields.insert("observedGeneration", json!(generation));
-    if let Some(at) = expires {
-        let whole = Timestamp::from_second(at.as_second()).unwrap_or(at);
-        fields.insert("expiresAt", json!(Time(whole)));
-    }
-    if let Some(at) = status.last_activity {
-        let whole = Timestamp::from_second(at.as_second()).unwrap_or(at);
-        fields.insert("lastActivity", json!(Time(whole)));
-    }
-    fields.insert(
-        "kubeconfigSecretRef",
-        json!({"name": kubeconfig_secret(&env.name_any())}),
-    );
-    if let Some(estimate) = estimate {
-        fields.insert("estimate", json!(estimate));
-    }
-    let status = json!(fields);
-    if serde_json::to_value(&previous).unwrap_or_default() == status {
-        return Ok(());
-    }
-    api.patch_status(
+    // Whole seconds, as the API server keeps times.
+    let whole = |at: Timestamp| Time(Timestamp::from_second(at.as_second()).unwrap_or(at));
+    let desired = EnvironmentStatus {
+        phase: Some(status.phase),
+        conditions,
+        observed_generation: generation,
+        expires_at: expires.map(whole),
+        last_activity: status.last_activity.map(whole),
+        kubeconfig_secret_ref: Some(Reference {
+            name: kubeconfig_secret(&env.name_any()),
+        }),
+        estimate,
+    };
+    fleetforge_runtime::status::apply_if_changed(
+        api,
         &env.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&json!({"apiVersion": "fleetforge.dev/v1alpha1", "kind": "Environment", "status": status})),
+        FIELD_MANAGER,
+        Some(&previous),
+        &desired,
     )
     .await?;
     Ok(())

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetforge_api::tool_set::ChartSource;
-use fleetforge_api::virtual_cluster::{VirtualClusterChart, VirtualClusterPhase};
+use fleetforge_api::virtual_cluster::{
+    VirtualClusterChart, VirtualClusterPhase, VirtualClusterStatus,
+};
 use fleetforge_api::{Cluster, FIELD_MANAGER, VirtualCluster, annotation, condition, label};
 use fleetforge_core::conditions::{self, Desired};
 use fleetforge_core::events::{EventType, Recorder};
@@ -641,23 +643,20 @@ async fn write_status(
         generation,
         &conditions::now(),
     );
-    let status = json!({
-        "phase": outcome.phase,
-        "conditions": conditions,
-        "observedGeneration": generation,
-        "host": outcome.host,
-        "version": outcome.version,
-        "endpoint": outcome.endpoint,
-    });
-    if serde_json::to_value(&previous).unwrap_or_default() == status {
-        return Ok(());
-    }
-    api.patch_status(
+    let status = VirtualClusterStatus {
+        phase: Some(outcome.phase),
+        conditions,
+        observed_generation: generation,
+        host: outcome.host,
+        version: outcome.version,
+        endpoint: outcome.endpoint,
+    };
+    fleetforge_runtime::status::apply_if_changed(
+        api,
         &vc.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&json!({
-            "apiVersion": "fleetforge.dev/v1alpha1", "kind": "VirtualCluster", "status": status,
-        })),
+        FIELD_MANAGER,
+        Some(&previous),
+        &status,
     )
     .await?;
     Ok(())

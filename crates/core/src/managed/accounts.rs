@@ -9,13 +9,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fleetforge_api::provider_config::CredentialsSource;
+use fleetforge_api::provider_config::{CredentialsSource, ProviderConfigStatus};
 use fleetforge_api::{FIELD_MANAGER, IN_USE_FINALIZER, ProviderConfig, annotation, condition};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Client, Resource, ResourceExt};
-use serde_json::json;
 
 use super::{Engine, Managed, Providers};
 use crate::conditions::{self, Desired};
@@ -185,23 +184,19 @@ pub async fn reconcile_provider_config<K: Managed>(
     let generation = config.metadata.generation;
     let conditions = conditions::merge(existing, &[ready, in_use], generation, &conditions::now());
     let count = i32::try_from(users.len()).unwrap_or(i32::MAX);
-    let current = config.status.clone().unwrap_or_default();
-    if current.conditions != conditions
-        || current.observed_generation != generation
-        || current.users != Some(count)
-    {
-        let patch = json!({
-            "apiVersion": ProviderConfig::api_version(&()),
-            "kind": "ProviderConfig",
-            "status": {"conditions": conditions, "observedGeneration": generation, "users": count},
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-    }
+    let status = ProviderConfigStatus {
+        conditions,
+        observed_generation: generation,
+        users: Some(count),
+    };
+    fleetforge_runtime::status::apply_if_changed(
+        &api,
+        &name,
+        FIELD_MANAGER,
+        config.status.as_ref(),
+        &status,
+    )
+    .await?;
     // Credentials can change without the ProviderConfig changing.
     Ok(Action::requeue(engine.options.client_ttl))
 }
