@@ -424,8 +424,13 @@ impl<K: Managed> Engine<K> {
         obj
     }
 
-    /// Keeps the object a write of ours returned (see [`Engine::written`]).
-    fn remember_write(&self, returned: K) {
+    /// Keeps the object a write of ours returned (see [`Engine::written`]),
+    /// without its managed fields, as the watch cache keeps it: they are
+    /// most of an object's size (a dhat heap profile of 3,000 Clusters had
+    /// about two thirds of its peak heap in managedFields), and dropping
+    /// them here took 10,000 idle Clusters from 174 to 121 MiB.
+    fn remember_write(&self, mut returned: K) {
+        returned.managed_fields_mut().clear();
         let key = ObjectRef::from(&returned);
         self.written
             .lock()
