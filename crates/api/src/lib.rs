@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod common;
 pub mod environment;
+pub mod fleet_rollout;
 pub mod provider_config;
 pub mod schema;
 pub mod tool_install;
@@ -23,6 +24,7 @@ pub use common::{
     DeletionPolicy, DriftPolicy, DriftStatus, ManagementPolicy, NodePool, Reference, condition,
 };
 pub use environment::{Environment, EnvironmentSpec, EnvironmentStatus};
+pub use fleet_rollout::{FleetRollout, FleetRolloutSpec, FleetRolloutStatus};
 pub use provider_config::{ProviderConfig, ProviderConfigSpec, ProviderKind};
 pub use tool_install::{ToolInstall, ToolInstallSpec, ToolInstallStatus, ToolState};
 pub use tool_set::{Tool, ToolSet, ToolSetSpec};
@@ -35,6 +37,10 @@ pub const GROUP: &str = "fleetforge.dev";
 pub const VERSION: &str = "v1alpha1";
 /// The field manager of every write fleetforge makes.
 pub const FIELD_MANAGER: &str = "fleetforge";
+/// The field manager of the changes a FleetRollout writes into its targets
+/// (a Cluster's `spec.version`, a ToolTarget's tools), so that
+/// `kubectl get -o yaml --show-managed-fields` tells who set them.
+pub const ROLLOUT_FIELD_MANAGER: &str = "fleetforge-rollout";
 /// The finalizer that keeps an object until its external resource is gone.
 pub const FINALIZER: &str = "fleetforge.dev/finalizer";
 /// The finalizer that keeps a ProviderConfig while objects use it, so that
@@ -60,6 +66,22 @@ pub mod annotation {
     /// without deleting the external cluster, with a Warning event naming
     /// what may be left behind.
     pub const FORCE_REMOVE: &str = "fleetforge.dev/force-remove";
+    /// On a FleetRollout: approves the stage it names (its `pause` gate).
+    /// The controller records the approval in status and removes the
+    /// annotation.
+    pub const APPROVE: &str = "fleetforge.dev/approve";
+    /// On a FleetRollout: any value resumes a halted round, retrying its
+    /// failed targets. Removed once acted on.
+    pub const RESUME: &str = "fleetforge.dev/resume";
+    /// On a FleetRollout: `Leave` or `Rollback` aborts the current round
+    /// (see `AbortPolicy`). Removed once recorded in status.
+    pub const ABORT: &str = "fleetforge.dev/abort";
+    /// On a ToolTarget a FleetRollout changed: the tools and values it had
+    /// before, which an abort with `Rollback` puts back.
+    pub const ROLLOUT_PREVIOUS: &str = "fleetforge.dev/rollout-previous";
+    /// On a ToolTarget: the FleetRollout, and the change of its round,
+    /// that last set its tools.
+    pub const ROLLOUT: &str = "fleetforge.dev/rollout";
 }
 
 /// Labels fleetforge puts on the objects it creates.
@@ -83,6 +105,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         ToolInstall::crd(),
         ToolTarget::crd(),
         Environment::crd(),
+        FleetRollout::crd(),
     ]
     .into_iter()
     .map(schema::with_kubernetes_formats)

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use fleetforge_controller::telemetry::{self, LogFormat};
-use fleetforge_controller::{crdgen, dev, env, rbac, run, validate};
+use fleetforge_controller::{crdgen, dev, env, plan, rbac, rollout, run, validate};
 
 /// Provisions managed clusters, virtual clusters, tools and dev environments
 /// declared as Kubernetes resources, and keeps them converged.
@@ -49,6 +49,20 @@ enum Command {
         #[command(subcommand)]
         command: env::EnvCommand,
     },
+    /// What the controllers would do if the fleetforge objects under a
+    /// path were applied to the cluster of KUBECONFIG: clusters and node
+    /// pools, version steps, tools per target (with values diffs) and the
+    /// stages of rollouts. Exits 0 with no changes, 2 with changes, 1 on
+    /// an error (Terraform's -detailed-exitcode).
+    Plan(plan::PlanArgs),
+    /// Progressive rollouts in flight: approve a stage, resume a halted
+    /// rollout, abort one, see where it is (against KUBECONFIG).
+    Rollout {
+        #[command(flatten)]
+        common: rollout::Common,
+        #[command(subcommand)]
+        command: rollout::RolloutCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,6 +100,19 @@ async fn main() -> anyhow::Result<()> {
         Command::Env { common, command } => {
             if let Err(error) = env::run(common, command).await {
                 eprintln!("fleetforge env: error: {error:#}");
+                std::process::exit(1);
+            }
+        }
+        Command::Plan(args) => match plan::run(args).await {
+            Ok(code) => std::process::exit(code),
+            Err(error) => {
+                eprintln!("fleetforge plan: error: {error:#}");
+                std::process::exit(1);
+            }
+        },
+        Command::Rollout { common, command } => {
+            if let Err(error) = rollout::run(common, command).await {
+                eprintln!("fleetforge rollout: error: {error:#}");
                 std::process::exit(1);
             }
         }

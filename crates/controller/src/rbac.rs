@@ -105,6 +105,16 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                     &["clusters", "virtualclusters"],
                     &["create", "delete"],
                 ),
+                // FleetRollouts: status, and the annotations a person
+                // sets to approve, resume or abort are removed once acted
+                // on. The rollout writes its change into Clusters and
+                // ToolTargets (patch, above).
+                rule(
+                    "fleetforge.dev",
+                    &["fleetrollouts"],
+                    &["get", "list", "watch", "patch"],
+                ),
+                rule("fleetforge.dev", &["fleetrollouts/status"], &["patch"]),
                 // Read credentials and targets' kubeconfigs; write and
                 // remove connection Secrets.
                 rule("", &["secrets"], &["get", "create", "patch", "delete"]),

@@ -135,6 +135,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let controller_metrics = Arc::new(ControllerMetrics::register(&mut registry));
     let metrics = Arc::new(Metrics::register(&mut registry));
     let tool_metrics = Arc::new(fleetforge_tools::ToolMetrics::register(&mut registry));
+    let rollout_metrics = Arc::new(fleetforge_rollouts::RolloutMetrics::register(&mut registry));
     let readiness = Arc::new(Readiness::default());
     let health = Arc::new(Health {
         readiness: readiness.clone(),
@@ -300,6 +301,22 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 targets,
             )
             .await
+        });
+    }
+    {
+        let (runtime, client) = (runtime.clone(), client.clone());
+        let namespace = args.namespace.clone();
+        let informers = informers.clone();
+        supervisor.spawn("FleetRollout", async move {
+            fleetforge_rollouts::run(
+                &runtime,
+                client,
+                &informers,
+                namespace.as_deref(),
+                rollout_metrics,
+            )
+            .await;
+            Ok(())
         });
     }
     {

@@ -371,6 +371,90 @@ pub fn plan(spec: &ClusterSpec, observed: &ObservedCluster) -> Result<Vec<Cluste
     Ok(changes)
 }
 
+impl ObservedCluster {
+    /// What the engine last observed, as its status recorded it.
+    pub fn from_status(status: &ClusterStatus) -> Self {
+        Self {
+            version: status.version.clone(),
+            endpoint: status.endpoint.clone(),
+            node_pools: status
+                .node_pools
+                .iter()
+                .map(|p| ObservedNodePool {
+                    name: p.name.clone(),
+                    machine_type: p.machine_type.clone().unwrap_or_default(),
+                    version: p.version.clone(),
+                    min: p.min.unwrap_or_default(),
+                    max: p.max.unwrap_or_default(),
+                    desired: p.desired.unwrap_or_default(),
+                    ready: p.ready,
+                })
+                .collect(),
+            provider_drift: Vec::new(),
+        }
+    }
+
+    /// The cluster as it will be once `change` is carried out.
+    pub fn apply(&mut self, change: &ClusterChange) {
+        match change {
+            ClusterChange::UpgradeControlPlane { to } => self.version = Some(to.clone()),
+            ClusterChange::UpgradeNodePool { pool, to } => {
+                for p in self.node_pools.iter_mut().filter(|p| &p.name == pool) {
+                    p.version = Some(to.clone());
+                }
+            }
+            ClusterChange::ScaleNodePool {
+                pool,
+                min,
+                max,
+                desired,
+            } => {
+                for p in self.node_pools.iter_mut().filter(|p| &p.name == pool) {
+                    (p.min, p.max) = (*min, *max);
+                    p.desired = desired.unwrap_or(p.desired).clamp(*min, *max);
+                }
+            }
+            ClusterChange::AddNodePool(pool) => self.node_pools.push(ObservedNodePool {
+                name: pool.name.clone(),
+                machine_type: pool.machine_type.clone(),
+                version: self.version.clone(),
+                min: pool.min,
+                max: pool.max,
+                desired: pool.initial_count(),
+                ready: None,
+            }),
+            ClusterChange::RemoveNodePool { pool } => self.node_pools.retain(|p| &p.name != pool),
+            ClusterChange::ProviderSettings { .. } => self.provider_drift.clear(),
+        }
+    }
+}
+
+/// Every pass the engine would make to bring `observed` to `spec`, each
+/// the changes of one [`plan`], until nothing is left to change, and the
+/// refusal that stops it early, if one does: what `fleetforge plan`
+/// prints.
+pub fn passes(
+    spec: &ClusterSpec,
+    observed: &ObservedCluster,
+) -> (Vec<Vec<ClusterChange>>, Option<Refusal>) {
+    let mut observed = observed.clone();
+    let mut passes = Vec::new();
+    // Each pass moves the version at most one step: a handful suffice.
+    for _ in 0..16 {
+        match plan(spec, &observed) {
+            Ok(changes) if changes.is_empty() => return (passes, None),
+            Ok(changes) => {
+                for change in &changes {
+                    observed.apply(change);
+                }
+                passes.push(changes);
+            }
+            Err(refusal) => return (passes, Some(refusal)),
+        }
+    }
+    (passes, None)
+}
+
 /// The control-plane upgrade to do first, if any, or why none may be done.
 fn control_plane_step(
     want: MinorVersion,
@@ -616,6 +700,49 @@ mod tests {
                 .collect(),
             provider_drift: vec![],
         }
+    }
+
+    #[test]
+    fn the_passes_to_a_spec_go_control_plane_first_then_pools_and_stop_at_a_refusal() {
+        let mut spec = mk_spec(
+            Some("1.34"),
+            vec![
+                mk_pool("workers", 1, 5, Some(4)),
+                mk_pool("gpu", 0, 2, None),
+            ],
+        );
+        let observed = mk_observed(
+            "1.33",
+            &[("workers", 1, 3, 2, "1.33"), ("old", 1, 1, 1, "1.33")],
+        );
+        let (passes, refusal) = passes(&spec, &observed);
+        assert_eq!(refusal, None);
+        let shown: Vec<Vec<String>> = passes
+            .iter()
+            .map(|p| p.iter().map(|c| c.to_string()).collect())
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                vec!["upgrade the control plane to 1.34".to_string()],
+                vec![
+                    "upgrade node pool workers to 1.34".into(),
+                    "scale node pool workers to 4 (min 1, max 5)".into(),
+                    "add node pool gpu".into(),
+                    "remove node pool old".into(),
+                ],
+            ]
+        );
+        spec.node_pools[0].machine_type = "standard-8".into();
+        let (passes, refusal) = super::passes(&spec, &observed);
+        assert_eq!(passes.len(), 1, "the control plane still goes first");
+        assert_eq!(
+            refusal.map(|r| (r.reason, r.field)),
+            Some((
+                "MachineTypeImmutable",
+                "spec.nodePools[workers].machineType".to_string()
+            ))
+        );
     }
 
     #[test]

@@ -39,6 +39,42 @@ pub fn parse(field: &str, selector: &LabelSelector) -> Result<Selector, String> 
     Ok(parsed)
 }
 
+/// The stages of a FleetRollout, their selectors parsed: which stage (the
+/// first that selects it) a target belongs to.
+#[derive(Debug, Clone)]
+pub struct Stages(Vec<(Option<Selector>, Vec<String>)>);
+
+impl Stages {
+    /// The stages of `stages`, or why a selector cannot be used, naming it.
+    pub fn parse(stages: &[fleetforge_api::fleet_rollout::RolloutStage]) -> Result<Self, String> {
+        stages
+            .iter()
+            .enumerate()
+            .map(|(i, stage)| {
+                let selector = stage
+                    .selector
+                    .as_ref()
+                    .map(|s| parse(&format!("spec.stages[{i}].selector"), s))
+                    .transpose()?;
+                Ok((selector, stage.names.clone().unwrap_or_default()))
+            })
+            .collect::<Result<_, String>>()
+            .map(Self)
+    }
+
+    /// The index of the stage target `name` with `labels` belongs to.
+    pub fn of(
+        &self,
+        name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Option<usize> {
+        use kube::core::SelectorExt;
+        self.0.iter().position(|(selector, names)| {
+            names.iter().any(|n| n == name) || selector.as_ref().is_some_and(|s| s.matches(labels))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

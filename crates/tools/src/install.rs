@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use fleetforge_api::tool_target::{TargetRef, ToolTarget};
 use fleetforge_api::{
-    Cluster, FIELD_MANAGER, Tool, ToolInstall, ToolSet, VirtualCluster, annotation, condition,
+    Cluster, FIELD_MANAGER, FleetRollout, Tool, ToolInstall, ToolSet, VirtualCluster, annotation,
+    condition,
 };
 use fleetforge_core::conditions::{self, Desired};
 use fleetforge_core::events::{EventType, Recorder};
@@ -24,8 +25,8 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::select::{
-    CHILD_MANAGER, INSTALL_LABEL, Object, Selection, child_is_current, desired_child, summarize,
-    target_key,
+    CHILD_MANAGER, INSTALL_LABEL, Object, Selection, child_is_current, desired_child, hold,
+    summarize, target_key,
 };
 
 /// ToolTargets written at once by one pass.
@@ -47,6 +48,8 @@ pub struct Context {
     pub tool_sets: Store<ToolSet>,
     /// Every ToolTarget.
     pub children: Store<ToolTarget>,
+    /// Every FleetRollout (they hold tools back).
+    pub rollouts: Store<FleetRollout>,
     /// Open once every cache above has been listed.
     pub listed: Vec<Gate>,
     /// The ToolInstalls that selected each target (by `namespace/Kind/name`)
@@ -144,28 +147,60 @@ impl Context {
             .collect()
     }
 
-    /// The tools in installation order, or why they cannot be had.
-    fn declared_tools(&self, ti: &ToolInstall) -> Result<Vec<Tool>, (&'static str, String)> {
-        let tools = match (&ti.spec.tool_set_ref, &ti.spec.tools) {
-            (_, Some(tools)) => tools.clone(),
-            (Some(reference), None) => match self.tool_sets.get(&ObjectRef::new(&reference.name)) {
-                Some(set) => set.spec.tools.clone(),
-                None => {
-                    return Err((
-                        "ToolSetNotFound",
-                        format!("spec.toolSetRef: ToolSet {} does not exist", reference.name),
-                    ));
-                }
-            },
-            (None, None) => return Err(("NoTools", "set toolSetRef or tools".into())),
-        };
-        let order = fleetforge_core::toolset::install_order(&tools)
-            .map_err(|e| ("InvalidDependencies", e.to_string()))?;
-        Ok(order
-            .iter()
-            .filter_map(|name| tools.iter().find(|t| &t.name == name).cloned())
-            .collect())
+    /// Whether a FleetRollout holds the tools of `ti` on the target `name`
+    /// with `labels`: then only the rollout moves them (see
+    /// [`crate::select::ROLLOUT_FIELDS`]).
+    fn held(&self, ti: &ToolInstall, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.rollouts.state().iter().any(|rollout| {
+            governs(rollout, ti)
+                && fleetforge_core::selector::Stages::parse(&rollout.spec.stages)
+                    .is_ok_and(|stages| stages.of(name, labels).is_some())
+        })
     }
+}
+
+/// Whether `rollout` rolls out the changes of `ti`'s tools: it names `ti`,
+/// or the ToolSet `ti` installs.
+pub fn governs(rollout: &FleetRollout, ti: &ToolInstall) -> bool {
+    if rollout.metadata.deletion_timestamp.is_some() || rollout.namespace() != ti.namespace() {
+        return false;
+    }
+    let by_install = rollout
+        .spec
+        .tool_install_ref
+        .as_ref()
+        .is_some_and(|r| r.name == ti.name_any());
+    let by_set = ti.spec.tools.is_none()
+        && rollout.spec.tool_set_ref.is_some()
+        && rollout.spec.tool_set_ref == ti.spec.tool_set_ref;
+    by_install || by_set
+}
+
+/// The tools of `ti` in installation order, its ToolSet found by
+/// `tool_set`, or why they cannot be had.
+pub fn declared_tools(
+    ti: &ToolInstall,
+    tool_set: impl Fn(&str) -> Option<Arc<ToolSet>>,
+) -> Result<Vec<Tool>, (&'static str, String)> {
+    let tools = match (&ti.spec.tool_set_ref, &ti.spec.tools) {
+        (_, Some(tools)) => tools.clone(),
+        (Some(reference), None) => match tool_set(&reference.name) {
+            Some(set) => set.spec.tools.clone(),
+            None => {
+                return Err((
+                    "ToolSetNotFound",
+                    format!("spec.toolSetRef: ToolSet {} does not exist", reference.name),
+                ));
+            }
+        },
+        (None, None) => return Err(("NoTools", "set toolSetRef or tools".into())),
+    };
+    let order = fleetforge_core::toolset::install_order(&tools)
+        .map_err(|e| ("InvalidDependencies", e.to_string()))?;
+    Ok(order
+        .iter()
+        .filter_map(|name| tools.iter().find(|t| &t.name == name).cloned())
+        .collect())
 }
 
 /// One pass over a ToolInstall.
@@ -181,7 +216,7 @@ pub async fn reconcile(ti: Arc<ToolInstall>, ctx: Arc<Context>) -> Result<Action
         return finalize(&ti, &ctx, &api, &children, &reference).await;
     }
     finalizer::ensure(&api, &*ti).await?;
-    let tools = match ctx.declared_tools(&ti) {
+    let tools = match declared_tools(&ti, |name| ctx.tool_sets.get(&ObjectRef::new(name))) {
         Ok(tools) => tools,
         Err((reason, message)) => return blocked(&ti, &ctx, &api, reason, message).await,
     };
@@ -219,12 +254,18 @@ pub async fn reconcile(ti: Arc<ToolInstall>, ctx: Arc<Context>) -> Result<Action
         .collect();
     let params = PatchParams::apply(CHILD_MANAGER).force();
     let writes: Vec<_> = chosen
-        .keys()
-        .filter_map(|target| {
-            let desired = desired_child(&ti, &tools, target);
-            let current = existing
-                .get(target)
-                .is_some_and(|tt| child_is_current(tt, &desired));
+        .iter()
+        .filter_map(|(target, object)| {
+            let mut desired = desired_child(&ti, &tools, target);
+            let child = existing.get(target);
+            // Under a FleetRollout the child keeps its tools until the
+            // rollout moves them.
+            if let (Some(child), Some(object)) = (child, object)
+                && ctx.held(&ti, &target.name, object.labels())
+            {
+                hold(&mut desired, child);
+            }
+            let current = child.is_some_and(|tt| child_is_current(tt, &desired));
             (!current).then_some(desired)
         })
         .map(|desired| {

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use fleetforge_api::tool_target::TargetRef;
-use fleetforge_api::{ToolInstall, ToolSet, ToolTarget};
+use fleetforge_api::{FleetRollout, ToolInstall, ToolSet, ToolTarget};
 use fleetforge_core::events::Recorder;
 use fleetforge_core::watch::{Informers, scoped};
 use fleetforge_runtime::Runtime;
@@ -104,6 +104,8 @@ pub async fn run_with(
         fleetforge_core::watch::changes(scoped::<ToolInstall>(&client, scope));
     let cluster_store = targets.clusters.store();
     let virtual_store = targets.virtual_clusters.store();
+    let (rollout_store, rollout_writer) = reflector::store::<FleetRollout>();
+    let (rollouts_opener, rollouts_listed) = gate();
     let (set_store, set_writer) = reflector::store::<ToolSet>();
     let (child_store, child_writer) = reflector::store::<ToolTarget>();
     let (wake_install, installs_woken) = unbounded_channel::<ObjectRef<ToolInstall>>();
@@ -145,6 +147,37 @@ pub async fn run_with(
     .applied_objects()
     .predicate_filter(predicates::generation, Default::default());
 
+    // A FleetRollout that comes, changes or goes holds or releases the
+    // tools of the ToolInstalls it governs.
+    let rollout_events = watcher(
+        scoped::<FleetRollout>(&client, scope),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|r: &mut FleetRollout| r.managed_fields_mut().clear())
+    .reflect(rollout_writer)
+    .inspect(rollouts_opener.on_listed())
+    .filter_map({
+        // Its status moves often during a round: only a change of its
+        // spec or metadata, or its deletion, is news here.
+        let mut seen: HashMap<ObjectRef<FleetRollout>, Option<u64>> = HashMap::new();
+        move |event| {
+            let passed = match event {
+                Ok(watcher::Event::Apply(r) | watcher::Event::InitApply(r)) => {
+                    let hash = fleetforge_core::watch::change_hash(&r);
+                    (seen.insert(ObjectRef::from_obj(&r), hash) != Some(hash)).then_some(Ok(r))
+                }
+                Ok(watcher::Event::Delete(r)) => {
+                    seen.remove(&ObjectRef::from_obj(&r));
+                    Some(Ok(r))
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            };
+            futures::future::ready(passed)
+        }
+    });
+
     let parent = Arc::new(install::Context {
         recorder: Recorder::new(client.clone(), "fleetforge-tools"),
         client: client.clone(),
@@ -154,11 +187,13 @@ pub async fn run_with(
             virtual_listed.clone(),
             sets_listed,
             children_listed,
+            rollouts_listed,
         ],
         clusters: cluster_store.clone(),
         virtual_clusters: virtual_store.clone(),
         tool_sets: set_store,
         children: child_store.clone(),
+        rollouts: rollout_store,
         selected: Mutex::new(HashMap::new()),
     });
     let child = Arc::new(tool_target::Context {
@@ -175,6 +210,7 @@ pub async fn run_with(
     });
 
     let by_set = install_store.clone();
+    let by_rollout = install_store.clone();
     let installs = Controller::for_stream(install_events, install_store)
         .watches_stream(set_events, move |set: ToolSet| {
             let name = set.name_any();
@@ -187,6 +223,16 @@ pub async fn run_with(
                         .as_ref()
                         .is_some_and(|r| r.name == name)
                 })
+                .map(|ti| ObjectRef::from_obj(&*ti))
+                .collect::<Vec<_>>()
+        })
+        .watches_stream(rollout_events, move |mut rollout: FleetRollout| {
+            // Gone or going, it releases what it held.
+            rollout.metadata.deletion_timestamp = None;
+            by_rollout
+                .state()
+                .into_iter()
+                .filter(|ti| install::governs(&rollout, ti))
                 .map(|ti| ObjectRef::from_obj(&*ti))
                 .collect::<Vec<_>>()
         })

@@ -336,6 +336,48 @@ pub fn desired_child(ti: &ToolInstall, tools: &[Tool], target: &TargetRef) -> Va
     })
 }
 
+/// The fields of a ToolTarget's spec a FleetRollout moves: what is
+/// installed and with which values.
+pub const ROLLOUT_FIELDS: [&str; 4] = ["tools", "values", "valueOverrides", "valuesFrom"];
+
+/// The [`ROLLOUT_FIELDS`] of a ToolTarget `spec` (as JSON), absent ones as
+/// their defaults, so that two specs compare equal exactly when they
+/// install the same.
+pub fn rollout_part(spec: &Value) -> Value {
+    let defaults = [json!([]), json!({}), json!([]), json!([])];
+    let fields: serde_json::Map<String, Value> = ROLLOUT_FIELDS
+        .iter()
+        .zip(defaults)
+        .map(|(field, default)| {
+            let value = spec.get(*field).cloned().filter(|v| !v.is_null());
+            (field.to_string(), value.unwrap_or(default))
+        })
+        .collect();
+    Value::Object(fields)
+}
+
+/// The rollout part of `tt`'s spec as it stands.
+pub fn current_rollout_part(tt: &ToolTarget) -> Value {
+    rollout_part(&serde_json::to_value(&tt.spec).unwrap_or_default())
+}
+
+/// Keeps, in `desired` (from [`desired_child`]), the tools `child` has
+/// now, and what the FleetRollout that holds them noted on it.
+pub fn hold(desired: &mut Value, child: &ToolTarget) {
+    let current = current_rollout_part(child);
+    for field in ROLLOUT_FIELDS {
+        desired["spec"][field] = current[field].clone();
+    }
+    for key in [
+        fleetforge_api::annotation::ROLLOUT,
+        fleetforge_api::annotation::ROLLOUT_PREVIOUS,
+    ] {
+        if let Some(value) = child.annotations().get(key) {
+            desired["metadata"]["annotations"][key] = json!(value);
+        }
+    }
+}
+
 /// Whether `existing` already is what `desired` (from [`desired_child`])
 /// asks: then nothing is written.
 pub fn child_is_current(existing: &ToolTarget, desired: &Value) -> bool {

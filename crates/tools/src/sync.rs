@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use fleetforge_api::tool_install::{PlannedAction, PlannedChange, ToolStatus, ValuesSourceKind};
 use fleetforge_api::tool_set::ChartSource;
+use fleetforge_api::tool_target::ToolTargetSpec;
 use fleetforge_api::{DriftPolicy, Tool, ToolState, ToolTarget};
 use fleetforge_core::conditions;
 use fleetforge_core::events::EventType;
@@ -95,6 +96,34 @@ impl Failures {
             .expect("failures")
             .retain(|key, _| !key.starts_with(prefix));
     }
+}
+
+/// The values of `tool` on the target of `spec`: the tool's own, the
+/// common values, those from Secrets and ConfigMaps (`values_from`, by
+/// tool), this target's overrides, then templated with its `facts`.
+pub fn tool_values(
+    spec: &ToolTargetSpec,
+    tool: &Tool,
+    facts: &TargetFacts,
+    values_from: &BTreeMap<String, Result<Vec<Value>, String>>,
+) -> Result<Value, String> {
+    let empty = json!({});
+    let mut layers: Vec<&Value> = vec![tool.values.as_ref().unwrap_or(&empty)];
+    if let Some(common) = spec.values.get(&tool.name) {
+        layers.push(common);
+    }
+    match values_from.get(&tool.name) {
+        Some(Ok(sources)) => layers.extend(sources.iter()),
+        Some(Err(message)) => return Err(message.clone()),
+        None => {}
+    }
+    layers.extend(
+        spec.value_overrides
+            .iter()
+            .filter(|o| o.tool == tool.name)
+            .map(|o| &o.values),
+    );
+    values::render(&values::merged(layers), facts).map_err(|e| e.to_string())
 }
 
 /// One pass over one ToolTarget.
@@ -263,33 +292,14 @@ impl TargetPass<'_> {
         Ok(by_tool)
     }
 
-    /// The tool's values on the target: tool, common, valuesFrom, override,
-    /// then templated.
+    /// The tool's values on the target (see [`tool_values`]).
     fn desired_values(
         &self,
         tool: &Tool,
         facts: &TargetFacts,
         values_from: &BTreeMap<String, Result<Vec<Value>, String>>,
     ) -> Result<Value, String> {
-        let empty = json!({});
-        let mut layers: Vec<&Value> = vec![tool.values.as_ref().unwrap_or(&empty)];
-        if let Some(common) = self.tt.spec.values.get(&tool.name) {
-            layers.push(common);
-        }
-        match values_from.get(&tool.name) {
-            Some(Ok(sources)) => layers.extend(sources.iter()),
-            Some(Err(message)) => return Err(message.clone()),
-            None => {}
-        }
-        layers.extend(
-            self.tt
-                .spec
-                .value_overrides
-                .iter()
-                .filter(|o| o.tool == tool.name)
-                .map(|o| &o.values),
-        );
-        values::render(&values::merged(layers), facts).map_err(|e| e.to_string())
+        tool_values(&self.tt.spec, tool, facts, values_from)
     }
 
     /// Every tool on a reachable, Ready target.
