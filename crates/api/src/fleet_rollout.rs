@@ -66,7 +66,8 @@ pub struct FleetRolloutSpec {
     pub stages: Vec<RolloutStage>,
     /// Objects that must be ready in each target cluster, besides its own
     /// health (Ready, not drifted, its tools DEPLOYED), before the target
-    /// counts as healthy.
+    /// counts as healthy; read through the target's kubeconfig. A check's
+    /// namespace defaults to `default`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub health_checks: Vec<HealthCheck>,

@@ -307,6 +307,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         let (runtime, client) = (runtime.clone(), client.clone());
         let namespace = args.namespace.clone();
         let informers = informers.clone();
+        let drivers = drivers.clone();
         supervisor.spawn("FleetRollout", async move {
             fleetforge_rollouts::run(
                 &runtime,
@@ -314,6 +315,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 &informers,
                 namespace.as_deref(),
                 rollout_metrics,
+                Some(drivers),
             )
             .await;
             Ok(())

@@ -10,6 +10,7 @@ use fleetforge_api::fleet_rollout::{
     AbortPolicy, FleetRolloutSpec, FleetRolloutStatus, RolloutPhase, RolloutStage, RolloutState,
     StageStatus, TargetRolloutStatus,
 };
+use fleetforge_api::tool_target::TargetKind;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -47,6 +48,8 @@ pub struct Candidate {
     /// The name stages match `names` against (the Cluster or
     /// VirtualCluster).
     pub target: String,
+    /// The kind of that target.
+    pub target_kind: TargetKind,
     /// The labels stages select by (the Cluster's or VirtualCluster's).
     pub labels: BTreeMap<String, String>,
     /// What it is now.

@@ -113,6 +113,7 @@ impl World {
                     kind: "Cluster",
                     name: t.name.clone(),
                     target: t.name.clone(),
+                    target_kind: TargetKind::Cluster,
                     labels: t.labels.clone(),
                     facts: Facts {
                         skip: t.paused.then(|| "paused".to_string()),

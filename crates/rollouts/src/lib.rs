@@ -63,6 +63,8 @@ pub struct Context {
     pub listed: Vec<Gate>,
     /// Targets by state.
     pub metrics: Arc<RolloutMetrics>,
+    /// How targets are reached for the rollout's health checks.
+    pub drivers: Option<fleetforge_tools::Drivers>,
 }
 
 impl std::fmt::Debug for Context {
@@ -183,6 +185,7 @@ impl Context {
                 Candidate {
                     kind: "Cluster",
                     target: name.clone(),
+                    target_kind: fleetforge_api::tool_target::TargetKind::Cluster,
                     name,
                     labels: cluster.labels().clone(),
                     facts: facts::cluster_facts(cluster, goal, &tools),
@@ -226,6 +229,7 @@ impl Context {
             tool_sets: filled(tool_sets),
             listed: Vec::new(),
             metrics: Arc::default(),
+            drivers: None,
         }
     }
 
@@ -289,6 +293,7 @@ pub async fn reconcile(rollout: Arc<FleetRollout>, ctx: Arc<Context>) -> Result<
             return Ok(Action::requeue(POLL));
         }
     };
+    check_health(&ctx, &rollout, &recorded, &mut round.candidates).await;
     let stage_of = move |c: &Candidate| stages.of(&c.target, &c.labels);
     let requests = requests(&rollout);
     let decision = decide::decide(&Inputs {
@@ -327,6 +332,71 @@ pub async fn reconcile(rollout: Arc<FleetRollout>, ctx: Arc<Context>) -> Result<
         .requeue
         .map_or(POLL, |d| d.clamp(Duration::from_secs(1), POLL));
     Ok(Action::requeue(next))
+}
+
+/// Runs the rollout's health checks on the targets in flight that are
+/// otherwise healthy (those are the only ones whose health decides
+/// anything), through the target's tool driver; a check that fails, or
+/// a target that cannot be reached, keeps the target unsettled.
+async fn check_health(
+    ctx: &Context,
+    rollout: &FleetRollout,
+    recorded: &FleetRolloutStatus,
+    candidates: &mut [Candidate],
+) {
+    use fleetforge_api::fleet_rollout::RolloutState;
+    use fleetforge_api::tool_target::TargetKind;
+    use fleetforge_tools::select::Object;
+    let (checks, Some(drivers)) = (&rollout.spec.health_checks, &ctx.drivers) else {
+        return;
+    };
+    if checks.is_empty() {
+        return;
+    }
+    let namespace = rollout.namespace().unwrap_or_default();
+    let same_round = |c: &Candidate| {
+        recorded.targets.iter().any(|t| {
+            t.kind == c.kind
+                && t.name == c.name
+                && matches!(t.state, RolloutState::InProgress | RolloutState::Soaking)
+        })
+    };
+    for candidate in candidates
+        .iter_mut()
+        .filter(|c| c.facts.settled && c.facts.at_goal)
+    {
+        if !same_round(candidate) {
+            continue;
+        }
+        let reference = ObjectRef::new(&candidate.target).within(&namespace);
+        let (cluster, virtual_cluster) = match candidate.target_kind {
+            TargetKind::Cluster => (ctx.clusters.get(&reference), None),
+            TargetKind::VirtualCluster => (
+                None,
+                ctx.virtual_clusters
+                    .get(&ObjectRef::new(&candidate.target).within(&namespace)),
+            ),
+        };
+        let object = match (&cluster, &virtual_cluster) {
+            (Some(c), _) => Object::Cluster(c),
+            (_, Some(v)) => Object::Virtual(v),
+            _ => continue,
+        };
+        let verdict = match drivers.session(&ctx.client, &namespace, object).await {
+            Ok(session) => session
+                .unhealthy(checks, "default", &Default::default())
+                .await
+                .map(|(reasons, _)| reasons),
+            Err(e) => Err(e),
+        };
+        let why = match verdict {
+            Ok(reasons) if reasons.is_empty() => continue,
+            Ok(reasons) => format!("health checks: {}", reasons.join("; ")),
+            Err(e) => format!("health checks: {e}"),
+        };
+        candidate.facts.settled = false;
+        candidate.facts.unhealthy = Some(why);
+    }
 }
 
 /// Writes the decided changes into the targets.
@@ -500,6 +570,7 @@ pub async fn run(
     targets: &Informers,
     namespace: Option<&str>,
     metrics: Arc<RolloutMetrics>,
+    drivers: Option<fleetforge_tools::Drivers>,
 ) {
     let (rollout_store, rollout_writer) = reflector::store::<FleetRollout>();
     let (opener, rollouts_listed) = gate();
@@ -567,6 +638,7 @@ pub async fn run(
             sets_listed,
         ],
         metrics,
+        drivers,
     });
     // Any change of a target (its status too) may move a rollout in its
     // namespace on; the controller's debounce folds bursts into one pass.

@@ -213,6 +213,7 @@ fn candidate(
         kind: "ToolTarget",
         name: tt.name_any(),
         target: target.name.clone(),
+        target_kind: target.kind,
         labels,
         facts,
     };

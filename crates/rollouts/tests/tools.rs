@@ -93,7 +93,7 @@ impl Harness {
                         client.clone(),
                         &informers,
                         options,
-                        drivers,
+                        drivers.clone(),
                         drifted
                     ),
                     fleetforge_rollouts::run(
@@ -102,6 +102,7 @@ impl Harness {
                         &informers,
                         Some(&namespace),
                         Arc::new(RolloutMetrics::default()),
+                        Some(drivers),
                     ),
                 );
             });

@@ -16,6 +16,10 @@ use fleetforge_rollouts::RolloutMetrics;
 use fleetforge_runtime::backoff::BackoffSettings;
 use fleetforge_runtime::{ControllerMetrics, Runtime};
 use fleetforge_testenv::{await_condition, shared, with_temp_ns};
+use fleetforge_tools::driver::HelmDriver;
+use fleetforge_tools::helm::Helm;
+use fleetforge_tools::nop::NopDriver;
+use fleetforge_tools::{Drivers, ToolMetrics};
 use futures::StreamExt;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -70,6 +74,22 @@ impl Fleet {
         );
         let nop = NopFactory::new();
         let informers = Informers::new(&client, Some(&namespace));
+        // Health checks reach nop clusters through the nop tool driver.
+        let tool_metrics = Arc::new(ToolMetrics::default());
+        let work = std::env::temp_dir().join(format!("rollout-versions-{namespace}"));
+        let drivers = Drivers {
+            helm: Arc::new(
+                HelmDriver::new(
+                    Helm::new("helm".into(), work.clone()),
+                    work.join("kubeconfigs"),
+                    Default::default(),
+                    None,
+                    tool_metrics.clone(),
+                )
+                .unwrap(),
+            ),
+            nop: NopDriver::new(tool_metrics),
+        };
         {
             let (runtime, client, informers) = (runtime.clone(), client.clone(), informers.clone());
             let providers = Providers::default().register(ProviderKind::Nop, nop.clone());
@@ -96,6 +116,7 @@ impl Fleet {
                         &informers,
                         Some(&namespace),
                         Arc::new(RolloutMetrics::default()),
+                        Some(drivers),
                     ),
                 );
             });
@@ -461,6 +482,52 @@ async fn an_abort_leaves_the_fleet_consistent_and_a_rollback_reverts_what_has_no
                 .await;
         }
         assert!(fleet.event_reasons().await.iter().any(|r| r == "Aborted"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_target_failing_the_rollout_s_health_check_halts_it_until_it_passes() {
+    let _ = shared();
+    with_temp_ns(|client, ns| async move {
+        let fault = json!({"c00": {"nop.fleetforge.dev/unhealthy": "ingress"}});
+        let fleet = Fleet::start(client, ns, 3, fault).await;
+        let checks = json!({"healthChecks": [
+            {"kind": "Deployment", "name": "ingress", "namespace": "ingress-system"}
+        ]});
+        fleet.rollout(three_stages(), checks).await;
+        let halted = fleet.wait_phase(RolloutPhase::Halted).await;
+        let canary = halted
+            .status
+            .unwrap()
+            .targets
+            .into_iter()
+            .find(|t| t.name == "c00")
+            .unwrap();
+        let message = canary.message.unwrap_or_default();
+        assert!(
+            message.contains("Deployment ingress: not ready"),
+            "the failing check is named: {message}"
+        );
+        // Its upgrade itself went through: only the check held it.
+        fleet
+            .wait_cluster("c00", "c00 Ready at 1.35", |c| ready_at(c, "1.35"))
+            .await;
+        assert_eq!(fleet.spec_versions().await["c01"], "1.33");
+
+        fleet
+            .clusters()
+            .patch(
+                "c00",
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"annotations": {"nop.fleetforge.dev/unhealthy": null}}}),
+                ),
+            )
+            .await
+            .unwrap();
+        fleet.annotate(annotation::RESUME, "checked").await;
+        fleet.wait_phase(RolloutPhase::Completed).await;
     })
     .await;
 }

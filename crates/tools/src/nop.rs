@@ -11,6 +11,7 @@
 //! | `nop.fleetforge.dev/tool-latency: "50ms"` | every call takes this long |
 //! | `nop.fleetforge.dev/tool-fail: "<tool>"` | every install or upgrade of that tool fails |
 //! | `nop.fleetforge.dev/tool-drift: "<tool>@<n>"` | that tool's live objects are changed out of band, once per distinct value |
+//! | `nop.fleetforge.dev/unhealthy: "<name>,..."` | health checks of objects with these names fail (a tool's, a FleetRollout's) |
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
@@ -123,6 +124,9 @@ impl Driver for Arc<NopDriver> {
             key: target.key.to_string(),
             latency,
             failing: annotation("tool-fail").cloned(),
+            unhealthy: annotation("unhealthy")
+                .map(|names| names.split(',').map(|n| n.trim().to_string()).collect())
+                .unwrap_or_default(),
         }))
     }
 
@@ -137,6 +141,8 @@ struct NopSession {
     key: String,
     latency: Duration,
     failing: Option<String>,
+    /// Names of health-checked objects that are not ready here.
+    unhealthy: Vec<String>,
 }
 
 impl NopSession {
@@ -236,11 +242,17 @@ impl Session for NopSession {
 
     async fn unhealthy(
         &self,
-        _checks: &[HealthCheck],
+        checks: &[HealthCheck],
         _namespace: &str,
         _seen: &Seen,
     ) -> Result<(Vec<String>, u64), String> {
-        Ok((Vec::new(), 0))
+        self.enter("health").await;
+        let failing = checks
+            .iter()
+            .filter(|check| self.unhealthy.iter().any(|name| *name == check.name))
+            .map(|check| format!("{:?} {}: not ready (nop)", check.kind, check.name))
+            .collect();
+        Ok((failing, 0))
     }
 
     fn client(&self) -> Option<&Client> {

@@ -45,6 +45,48 @@ impl Drivers {
             &*self.helm
         }
     }
+
+    /// A session with target `object` in `namespace`, through its driver,
+    /// with the kubeconfig of its connection Secret (read with `client`).
+    pub async fn session(
+        &self,
+        client: &Client,
+        namespace: &str,
+        object: Object<'_>,
+    ) -> Result<Arc<dyn Session>, String> {
+        let driver = self.of(object);
+        let key = target_key(
+            namespace,
+            &fleetforge_api::tool_target::TargetRef {
+                kind: object.kind(),
+                name: object.name(),
+            },
+        );
+        // The nop driver needs no kubeconfig (nop clusters exist nowhere).
+        let kubeconfig = if driver.name() == "nop" {
+            Vec::new()
+        } else {
+            let name = object.connection_secret();
+            let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+                .get_opt(&name)
+                .await
+                .map_err(|e| format!("reading Secret {name}: {e}"))?
+                .ok_or_else(|| format!("waiting for the kubeconfig Secret {name}"))?;
+            secret
+                .data
+                .and_then(|mut d| d.remove("value"))
+                .ok_or_else(|| format!("Secret {name} has no key value"))?
+                .0
+        };
+        driver
+            .session(Target {
+                key: &key,
+                kubeconfig: &kubeconfig,
+                annotations: object.annotations(),
+            })
+            .await
+            .map_err(|e| format!("the target's kubeconfig is unusable: {e}"))
+    }
 }
 
 /// What every ToolTarget pass shares.
@@ -187,7 +229,7 @@ pub async fn reconcile(tt: Arc<ToolTarget>, ctx: Arc<Context>) -> Result<Action,
                 ),
             )
         }
-        Some(object) => match session(&ctx, &namespace, object).await {
+        Some(object) => match ctx.drivers.session(&ctx.client, &namespace, object).await {
             Err(message) => pass.waiting(ToolState::Pending, &message),
             Ok(session) => {
                 let values_from = pass.values_from().await?;
@@ -199,46 +241,6 @@ pub async fn reconcile(tt: Arc<ToolTarget>, ctx: Arc<Context>) -> Result<Action,
     publish(&ctx, &tt, &report.events, "Install").await;
     write_status(&tt, &api, report).await?;
     Ok(Action::requeue(requeue))
-}
-
-/// A session with the target, through its driver.
-async fn session(
-    ctx: &Context,
-    namespace: &str,
-    object: Object<'_>,
-) -> Result<Arc<dyn Session>, String> {
-    let driver = ctx.drivers.of(object);
-    let key = target_key(
-        namespace,
-        &fleetforge_api::tool_target::TargetRef {
-            kind: object.kind(),
-            name: object.name(),
-        },
-    );
-    // The nop driver needs no kubeconfig (nop clusters exist nowhere).
-    let kubeconfig = if driver.name() == "nop" {
-        Vec::new()
-    } else {
-        let name = object.connection_secret();
-        let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
-            .get_opt(&name)
-            .await
-            .map_err(|e| format!("reading Secret {name}: {e}"))?
-            .ok_or_else(|| format!("waiting for the kubeconfig Secret {name}"))?;
-        secret
-            .data
-            .and_then(|mut d| d.remove("value"))
-            .ok_or_else(|| format!("Secret {name} has no key value"))?
-            .0
-    };
-    driver
-        .session(Target {
-            key: &key,
-            kubeconfig: &kubeconfig,
-            annotations: object.annotations(),
-        })
-        .await
-        .map_err(|e| format!("the target's kubeconfig is unusable: {e}"))
 }
 
 /// Deletion: uninstall from the target, then drop the finalizer. A target
@@ -261,7 +263,7 @@ async fn finalize(
         .is_some_and(|v| v == "true");
     let outcome = match object {
         None => Ok(Vec::new()),
-        Some(object) => match session(ctx, &namespace, object).await {
+        Some(object) => match ctx.drivers.session(&ctx.client, &namespace, object).await {
             Ok(session) if !tt.spec.dry_run && !tt.spec.suspend => pass.remove(&*session).await,
             Ok(_) => Ok(Vec::new()),
             Err(message) => Err((message, Vec::new())),
