@@ -249,7 +249,7 @@ impl Session for NopSession {
         self.enter("health").await;
         let failing = checks
             .iter()
-            .filter(|check| self.unhealthy.iter().any(|name| *name == check.name))
+            .filter(|check| self.unhealthy.contains(&check.name))
             .map(|check| format!("{:?} {}: not ready (nop)", check.kind, check.name))
             .collect();
         Ok((failing, 0))
