@@ -30,6 +30,41 @@ fn demo(home: &Path, port: u16, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// `fleetforge plan PATH` against the management cluster: its exit code
+/// and what it printed.
+fn plan(kubeconfig: &Path, path: &Path) -> (i32, String) {
+    let output = Command::new(fleetforge_bin())
+        .args(["plan", &path.display().to_string()])
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.is_empty(), "fleetforge plan: {stderr}");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8(output.stdout).unwrap(),
+    )
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+fn edit(file: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(text.contains(from), "{} has no {from:?}", file.display());
+    std::fs::write(file, text.replacen(from, to, 1)).unwrap();
+}
+
 fn kubeconfig_from(stdout: &str) -> PathBuf {
     stdout
         .lines()
@@ -280,6 +315,25 @@ fn the_demo_runs_the_platform_on_local_clusters() {
     );
     assert_eq!(hosts, "dev-1.platform.fleetforge.local");
 
+    // The platform repo's rollout of the dev profile stands (nothing to
+    // roll: every cluster has the profile as declared), and a plan of the
+    // repo against what runs finds nothing to do.
+    kubectl(
+        &management,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "fleetrollout",
+            "dev-profile",
+            "-n",
+            "platform",
+            "--timeout=120s",
+        ],
+    );
+    let (code, printed) = plan(&management, &workspace_root().join("examples/platform"));
+    assert_eq!(code, 0, "{printed}");
+    assert!(printed.starts_with("No changes"), "{printed}");
+
     // The platform repo's own environment is Ready, its kubeconfig written
     // next to the clusters', its profile installed.
     let environments = kubectl(&management, &["get", "environments", "-n", "platform"]);
@@ -381,18 +435,37 @@ fn the_demo_runs_the_platform_on_local_clusters() {
         "Report must not correct"
     );
 
-    // Scaling a pool adds nodes.
+    // Scaling a pool in the platform repo: `fleetforge plan` says what
+    // will happen (exit 2), the controller does exactly that once the repo
+    // is applied, and the plan is empty again.
+    let repo = home.path().join("platform");
+    copy_dir(&workspace_root().join("examples/platform"), &repo);
+    edit(
+        &repo.join("clusters/staging.yaml"),
+        "desired: 3",
+        "desired: 5",
+    );
+    edit(
+        &repo.join("clusters/dev-1.yaml"),
+        "driftPolicy: Correct",
+        "driftPolicy: Report",
+    );
+    let (code, printed) = plan(&management, &repo);
+    assert_eq!(code, 2, "{printed}");
+    assert_eq!(
+        printed,
+        "Cluster platform/staging\n  ~ scale node pool apps to 5 (min 2, max 6)\n\nPlan: 1 changes.\n"
+    );
     kubectl(
         &management,
         &[
-            "patch",
-            "cluster",
-            "-n",
-            "platform",
-            "staging",
-            "--type=json",
-            "-p",
-            r#"[{"op":"replace","path":"/spec/nodePools/1/desired","value":5}]"#,
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=fleetforge-dev",
+            "-R",
+            "-f",
+            &repo.display().to_string(),
         ],
     );
     wait_for("apps scaled to 5", Duration::from_secs(60), || {
@@ -413,6 +486,9 @@ fn the_demo_runs_the_platform_on_local_clusters() {
             "--timeout=60s",
         ],
     );
+
+    let (code, printed) = plan(&management, &repo);
+    assert_eq!(code, 0, "{printed}");
 
     // Stopped out of band: Degraded (Ready=False) and restarted.
     let kwokctl = |args: &[&str]| {

@@ -136,14 +136,14 @@ fn default_soak() -> String {
 }
 
 fn max_in_flight_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    // Value validations apply to the type they are for: `minimum` to a
+    // count, `pattern` to a percentage.
     schemars::json_schema!({
         "x-kubernetes-int-or-string": true,
         "anyOf": [{"type": "integer"}, {"type": "string"}],
-        "default": 1,
-        "x-kubernetes-validations": [{
-            "rule": "type(self) == int ? self >= 1 : self.endsWith('%')",
-            "message": "maxInFlight is a count of at least 1 or a percentage from 1% to 100%"
-        }]
+        "minimum": 1,
+        "pattern": "^(100|[1-9][0-9]?)%$",
+        "default": 1
     })
 }
 

@@ -200,14 +200,21 @@ impl World {
 /// `live` with each of `declared` merged in by `merge` (or added).
 fn overlay<K>(live: &[K], declared: &[K], merge: impl Fn(&mut K, &K)) -> Vec<K>
 where
-    K: Resource + Clone,
+    K: Resource + Clone + serde::Serialize,
 {
     let key = |k: &K| (k.meta().namespace.clone(), k.meta().name.clone());
     let mut out: Vec<K> = live.to_vec();
     for new in declared {
         match out.iter_mut().find(|k| key(k) == key(new)) {
             Some(existing) => {
+                // A changed spec is a new generation, as the API server
+                // counts it.
+                let before = spec_of(existing);
                 merge(existing, new);
+                if spec_of(existing) != before {
+                    let generation = existing.meta().generation.unwrap_or_default();
+                    existing.meta_mut().generation = Some(generation + 1);
+                }
                 existing.meta_mut().labels = new.meta().labels.clone();
                 existing.meta_mut().annotations = merged_annotations(existing.meta(), new.meta());
             }
@@ -215,6 +222,15 @@ where
         }
     }
     out
+}
+
+fn spec_of<K>(object: &K) -> Option<String>
+where
+    K: Resource + serde::Serialize,
+{
+    serde_json::to_value(object)
+        .ok()
+        .map(|value| value["spec"].to_string())
 }
 
 /// The declared annotations over the live ones the controllers keep.
@@ -540,19 +556,29 @@ fn install_lines(ti: &ToolInstall, live: &World, world: &World) -> Vec<String> {
     let existing: BTreeMap<TargetRef, &ToolTarget> = children(ti, live)
         .map(|tt| (tt.spec.target.clone(), tt))
         .collect();
-    let held_by: Vec<String> = world
-        .rollouts
-        .iter()
-        .filter(|r| governs(r, ti))
-        .map(|r| r.name_any())
-        .collect();
-    let note = if held_by.is_empty() {
-        String::new()
-    } else {
-        format!(" (in stages, by FleetRollout {})", held_by.join(", "))
+    // The rollouts that move this ToolInstall's changes on a target: they
+    // govern it and one of their stages takes the target.
+    let held_by = |target: &TargetRef, object: Option<Object<'_>>| {
+        let labels = object.map(|o| o.labels().clone()).unwrap_or_default();
+        let by: Vec<String> = world
+            .rollouts
+            .iter()
+            .filter(|r| governs(r, ti))
+            .filter(|r| {
+                fleetforge_core::selector::Stages::parse(&r.spec.stages)
+                    .is_ok_and(|stages| stages.of(&target.name, &labels).is_some())
+            })
+            .map(|r| r.name_any())
+            .collect();
+        if by.is_empty() {
+            String::new()
+        } else {
+            format!(" (in stages, by FleetRollout {})", by.join(", "))
+        }
     };
     let mut lines = Vec::new();
     for (target, object) in &chosen {
+        let note = held_by(target, *object);
         let desired = desired_child(ti, &tools, target);
         let Ok(new) = serde_json::from_value::<ToolTargetSpec>(desired["spec"].clone()) else {
             continue;
@@ -732,6 +758,10 @@ fn rollout_lines(
             ));
         }
         lines.push(line);
+    }
+    // A rollout with nothing to roll is no change: its section goes.
+    if !lines.iter().any(|l| l.starts_with('~')) {
+        lines.clear();
     }
     (title, lines)
 }

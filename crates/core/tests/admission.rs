@@ -2,7 +2,9 @@
 //! is refused with a message that names the field, and a good one is
 //! accepted with its defaults filled in.
 
-use fleetforge_api::{Cluster, Environment, ProviderConfig, ToolInstall, ToolSet, VirtualCluster};
+use fleetforge_api::{
+    Cluster, Environment, FleetRollout, ProviderConfig, ToolInstall, ToolSet, VirtualCluster,
+};
 use fleetforge_testenv::{shared, with_temp_ns};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
@@ -364,6 +366,43 @@ async fn environments_and_virtual_clusters_are_checked_at_admission() {
             .patch("vc", &PatchParams::default(), &Patch::Merge(json!({"spec": {"host": {"clusterRef": {"name": "dev-2"}}}})))
             .await;
         assert_refused(moved.map(|_| ()), "vc-host-change", "spec.host", "host is immutable");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn fleet_rollouts_are_checked_at_admission() {
+    let client = client().await;
+    with_temp_ns(|_, ns| async move {
+        let rollouts = resource::<FleetRollout>();
+        let rollout_api = api(&client, &rollouts, Some(&ns));
+        let stage = |extra: Value| {
+            let mut stage = json!({"name": "all", "selector": {}});
+            stage.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            stage
+        };
+        let cases = [
+            ("two-changes", json!({"version": "1.35", "toolSetRef": {"name": "dev"}, "stages": [stage(json!({}))]}), "spec", "set exactly one of version, toolSetRef and toolInstallRef"),
+            ("no-change", json!({"stages": [stage(json!({}))]}), "spec", "set exactly one of version, toolSetRef and toolInstallRef"),
+            ("bad-version", json!({"version": "1.35.2", "stages": [stage(json!({}))]}), "spec.version", "should match"),
+            ("no-stages", json!({"version": "1.35", "stages": []}), "spec.stages", "should have at least 1 items"),
+            ("same-names", json!({"version": "1.35", "stages": [stage(json!({})), stage(json!({}))]}), "spec.stages", "stage names must be unique"),
+            ("no-selection", json!({"version": "1.35", "stages": [{"name": "a"}]}), "spec.stages[0]", "select targets with selector, names or both"),
+            ("zero-in-flight", json!({"version": "1.35", "stages": [stage(json!({"maxInFlight": 0}))]}), "spec.stages[0].maxInFlight", "greater than or equal to 1"),
+            ("bad-percentage", json!({"version": "1.35", "stages": [stage(json!({"maxInFlight": "150%"}))]}), "spec.stages[0].maxInFlight", "should match"),
+            ("bad-soak", json!({"version": "1.35", "stages": [stage(json!({"soak": "a while"}))]}), "spec.stages[0].soak", "should match"),
+            ("bad-operator", json!({"version": "1.35", "stages": [{"name": "a", "selector": {"matchExpressions": [{"key": "ring", "operator": "Equals", "values": ["a"]}]}}]}), "spec.stages[0].selector.matchExpressions[0].operator", "Unsupported value"),
+        ];
+        for (name, spec, field, message) in cases {
+            expect_refused(&rollout_api, &rollouts, name, spec, field, message).await;
+        }
+        let created = rollout_api
+            .create(&PostParams::default(), &object(&rollouts, "fine", json!({"version": "1.35", "stages": [stage(json!({"maxInFlight": "20%"}))]})))
+            .await
+            .unwrap();
+        assert_eq!(created.data["spec"]["progressDeadline"], "30m");
+        assert_eq!(created.data["spec"]["stages"][0]["soak"], "0s");
+        assert_eq!(created.data["spec"]["stages"][0]["maxInFlight"], "20%");
     })
     .await;
 }

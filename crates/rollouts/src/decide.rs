@@ -376,8 +376,7 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
         .stages
         .iter()
         .zip(&rows)
-        .enumerate()
-        .map(|(index, (stage, row))| {
+        .map(|(stage, row)| {
             let count = |f: &dyn Fn(&TargetRolloutStatus) -> bool| {
                 row.iter().filter(|t| f(t)).count() as i32
             };
@@ -387,7 +386,7 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
             let touched = row
                 .iter()
                 .any(|t| !matches!(t.state, RolloutState::Pending | RolloutState::Skipped));
-            let state = if row.iter().all(finished) && current.is_none_or(|c| index < c) {
+            let state = if row.iter().all(finished) {
                 RolloutState::Done
             } else if halted && failed > 0 {
                 RolloutState::Failed
@@ -564,6 +563,14 @@ fn progress(
             if let Some(stalled) = &facts.stalled {
                 at(RolloutState::Failed, &mut status);
                 status.message = Some(format!("stalled: {stalled}"));
+                return (status, None);
+            }
+            // One it did not change (created with the change, or changed
+            // by someone else) is done once healthy, without a soak.
+            let ours = last.is_some_and(|l| l.step.is_some());
+            if facts.at_goal && facts.settled && !ours {
+                at(RolloutState::Done, &mut status);
+                status.message = Some("already had the change".into());
                 return (status, None);
             }
             if facts.at_goal && facts.settled {
