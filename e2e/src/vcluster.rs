@@ -107,7 +107,12 @@ async fn step(host: &Client, kwokctl: &Kwokctl) -> Result<(), String> {
                 // vcluster shows its workloads a node; kwok runs them.
                 let access = Access::read(&kwokctl.kubeconfig_path(&name))?;
                 let inside = access.client().await?;
-                let node = fleetforge_provider_local::nodes::node("virtual", "vcluster", 0);
+                let node = fleetforge_provider_local::nodes::node(
+                    "virtual",
+                    "vcluster",
+                    0,
+                    kwokctl.kube_version(),
+                );
                 Api::<k8s_openapi::api::core::v1::Node>::all(inside)
                     .create(&Default::default(), &node)
                     .await

@@ -170,6 +170,26 @@ pub async fn api_writes_by_resource(
     Ok(writes)
 }
 
+/// The sum of the samples of metric `name` whose labels contain `labels`
+/// (for example `controller="FleetRollout"`) the controller serves on
+/// 127.0.0.1:`port`.
+pub fn controller_metric_where(port: u16, name: &str, labels: &str) -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    Ok(body
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{'))
+        })
+        .filter(|l| l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
 /// The sum of the samples of metric `name` (over its labels) the
 /// controller serves on 127.0.0.1:`port`.
 pub fn controller_metric(port: u16, name: &str) -> anyhow::Result<f64> {

@@ -386,10 +386,10 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
             let touched = row
                 .iter()
                 .any(|t| !matches!(t.state, RolloutState::Pending | RolloutState::Skipped));
-            let state = if row.iter().all(finished) {
-                RolloutState::Done
-            } else if halted && failed > 0 {
+            let state = if halted && failed > 0 {
                 RolloutState::Failed
+            } else if row.iter().all(finished) {
+                RolloutState::Done
             } else if touched {
                 RolloutState::InProgress
             } else {

@@ -304,6 +304,16 @@ fn a_failing_canary_halts_with_nothing_beyond_it_touched_and_resumes() {
     world.run(&spec, 40);
     assert_eq!(world.status.phase, Some(RolloutPhase::Halted));
     assert_eq!(world.state_of("c00"), RolloutState::Failed);
+    let stages: Vec<RolloutState> = world.status.stages.iter().map(|s| s.state).collect();
+    assert_eq!(
+        stages,
+        [
+            RolloutState::Failed,
+            RolloutState::Pending,
+            RolloutState::Pending
+        ],
+        "the stage that halted says so, even with every target finished"
+    );
     let message = world.status.targets[0].message.clone().unwrap();
     assert!(
         message.contains("not healthy 10s after its change"),

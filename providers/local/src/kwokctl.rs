@@ -70,12 +70,34 @@ pub enum Processes {
     Stopped,
 }
 
+/// The control-plane components whose binaries a Kubernetes version
+/// brings (etcd, kwok and kubectl are shared by every version).
+const VERSIONED: [&str; 3] = [
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+];
+
+/// A Kubernetes version a cluster can run: its full name (`v1.35.4`) and
+/// the directory of its control-plane binaries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeBuild {
+    /// As the API server reports it, such as `v1.35.4`.
+    pub version: String,
+    /// Where its kube-apiserver, kube-controller-manager and
+    /// kube-scheduler are.
+    pub dir: PathBuf,
+}
+
 /// kwokctl pointed at one tools directory and one work directory.
 #[derive(Debug, Clone)]
 pub struct Kwokctl {
     bin: PathBuf,
     work_dir: PathBuf,
     kube_version: String,
+    /// Every Kubernetes version clusters can run: the tools directory's,
+    /// and each under `<tools directory>/../versions/<major.minor>/`.
+    builds: Vec<KubeBuild>,
 }
 
 impl Kwokctl {
@@ -88,17 +110,52 @@ impl Kwokctl {
                 return Err(KwokctlError::MissingTool { path });
             }
         }
-        let kube_version = kube_version(&bin.join("kube-apiserver"))?;
+        let default_version = kube_version(&bin.join("kube-apiserver"))?;
+        let mut builds = vec![KubeBuild {
+            version: default_version.clone(),
+            dir: bin.to_path_buf(),
+        }];
+        let versions = bin.parent().map(|p| p.join("versions"));
+        if let Some(Ok(entries)) = versions.map(std::fs::read_dir) {
+            let mut dirs: Vec<PathBuf> = entries.filter_map(|e| Some(e.ok()?.path())).collect();
+            dirs.sort();
+            for dir in dirs {
+                if VERSIONED.iter().all(|name| dir.join(name).is_file()) {
+                    let version = kube_version(&dir.join("kube-apiserver"))?;
+                    if builds.iter().all(|b| b.version != version) {
+                        builds.push(KubeBuild { version, dir });
+                    }
+                }
+            }
+        }
         Ok(Self {
             bin: bin.to_path_buf(),
             work_dir: work_dir.to_path_buf(),
-            kube_version,
+            kube_version: default_version,
+            builds,
         })
     }
 
-    /// The Kubernetes version of the built binaries, such as `v1.36.3`.
+    /// The Kubernetes version of the built binaries, such as `v1.36.3`:
+    /// what a cluster runs unless asked for another.
     pub fn kube_version(&self) -> &str {
         &self.kube_version
+    }
+
+    /// Every Kubernetes version clusters can run, the default first.
+    pub fn builds(&self) -> &[KubeBuild] {
+        &self.builds
+    }
+
+    /// The Kubernetes version cluster `name` was last started with, as
+    /// kwokctl recorded it (`kubeVersion` in its `kwok.yaml`).
+    pub fn version_of(&self, name: &str) -> Option<String> {
+        let text = std::fs::read_to_string(self.cluster_dir(name).join("kwok.yaml")).ok()?;
+        text.lines().find_map(|line| {
+            line.trim()
+                .strip_prefix("kubeVersion:")
+                .map(|v| v.trim().trim_matches('"').to_string())
+        })
     }
 
     /// The directory holding the binaries.
@@ -215,6 +272,17 @@ impl Kwokctl {
     /// another, in any work directory) can pick the same ports. Starts are
     /// therefore taken one at a time on the whole host, under a file lock.
     pub async fn create(&self, name: &str, extra: &[&str]) -> Result<(), KwokctlError> {
+        let build = self.builds[0].clone();
+        self.create_at(name, &build, extra).await
+    }
+
+    /// As [`Kwokctl::create`], running the control plane of `build`.
+    pub async fn create_at(
+        &self,
+        name: &str,
+        build: &KubeBuild,
+        extra: &[&str],
+    ) -> Result<(), KwokctlError> {
         // `--kubeconfig=` keeps kwokctl from adding the cluster to (and
         // switching the current context of) $KUBECONFIG or ~/.kube/config.
         let mut args = vec![
@@ -228,7 +296,41 @@ impl Kwokctl {
         ];
         args.extend_from_slice(extra);
         let _lock = host_lock().await?;
-        self.run(&args, Duration::from_secs(180)).await
+        self.run_at(build, &args, Duration::from_secs(180)).await
+    }
+
+    /// Upgrades (or changes) the control plane of cluster `name` to
+    /// `build`, for real: the cluster stops, its kube-apiserver,
+    /// kube-controller-manager and kube-scheduler become `build`'s, and it
+    /// starts again on the same etcd data. kwokctl runs each component
+    /// through a link in the cluster's `bin/` and records the version in
+    /// its `kwok.yaml`: both are changed while the cluster is stopped.
+    pub async fn upgrade(&self, name: &str, build: &KubeBuild) -> Result<(), KwokctlError> {
+        let before = self.version_of(name).unwrap_or_default();
+        self.stop(name).await?;
+        self.await_exit(name).await;
+        let dir = self.cluster_dir(name);
+        let failed = |what: String| {
+            move |source: std::io::Error| KwokctlError::Spawn {
+                what: what.clone(),
+                source,
+            }
+        };
+        for component in VERSIONED {
+            let link = dir.join("bin").join(component);
+            if std::fs::symlink_metadata(&link).is_err() {
+                continue;
+            }
+            std::fs::remove_file(&link).map_err(failed(format!("removing {}", link.display())))?;
+            std::os::unix::fs::symlink(build.dir.join(component), &link)
+                .map_err(failed(format!("linking {}", link.display())))?;
+        }
+        let config = dir.join("kwok.yaml");
+        let text = std::fs::read_to_string(&config)
+            .map_err(failed(format!("reading {}", config.display())))?;
+        let text = retarget(&text, &before, &build.version);
+        std::fs::write(&config, text).map_err(failed(format!("writing {}", config.display())))?;
+        self.start(name).await
     }
 
     /// Starts the processes of a stopped cluster `name` (one start at a
@@ -281,8 +383,18 @@ impl Kwokctl {
     }
 
     async fn run(&self, args: &[&str], timeout: Duration) -> Result<(), KwokctlError> {
+        let build = self.builds[0].clone();
+        self.run_at(&build, args, timeout).await
+    }
+
+    async fn run_at(
+        &self,
+        build: &KubeBuild,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<(), KwokctlError> {
         let what = format!("kwokctl {}", args.join(" "));
-        let mut command = self.command();
+        let mut command = self.command(build);
         command
             .args(args)
             .stdin(Stdio::null())
@@ -316,9 +428,10 @@ impl Kwokctl {
         })
     }
 
-    /// kwokctl with its environment: every binary, the version they are,
-    /// the binary runtime, and the work directory.
-    fn command(&self) -> Command {
+    /// kwokctl with its environment: every binary (the control plane of
+    /// `build`), the version they are, the binary runtime, and the work
+    /// directory.
+    fn command(&self, build: &KubeBuild) -> Command {
         let mut command = Command::new(self.bin.join("kwokctl"));
         let path = std::env::var_os("PATH").unwrap_or_default();
         let mut paths = vec![self.bin.clone()];
@@ -326,18 +439,18 @@ impl Kwokctl {
         command
             .env("KWOK_WORKDIR", &self.work_dir)
             .env("KWOK_RUNTIME", "binary")
-            .env("KWOK_KUBE_VERSION", &self.kube_version)
+            .env("KWOK_KUBE_VERSION", &build.version)
             .env(
                 "KWOK_KUBE_APISERVER_BINARY",
-                self.bin.join("kube-apiserver"),
+                build.dir.join("kube-apiserver"),
             )
             .env(
                 "KWOK_KUBE_CONTROLLER_MANAGER_BINARY",
-                self.bin.join("kube-controller-manager"),
+                build.dir.join("kube-controller-manager"),
             )
             .env(
                 "KWOK_KUBE_SCHEDULER_BINARY",
-                self.bin.join("kube-scheduler"),
+                build.dir.join("kube-scheduler"),
             )
             .env("KWOK_KUBECTL_BINARY", self.bin.join("kubectl"))
             .env("KWOK_ETCD_BINARY", self.bin.join("etcd"))
@@ -370,6 +483,53 @@ async fn host_lock() -> Result<std::fs::File, KwokctlError> {
         source: std::io::Error::other(e),
     })?;
     locked.map_err(|source| KwokctlError::Spawn { what, source })
+}
+
+/// A cluster's `kwok.yaml` at another Kubernetes version: its
+/// `kubeVersion` and the `version` of its versioned components.
+fn retarget(config: &str, from: &str, to: &str) -> String {
+    let (from_bare, to_bare) = (from.trim_start_matches('v'), to.trim_start_matches('v'));
+    let mut component: Option<&str> = None;
+    let mut out = String::with_capacity(config.len());
+    // A component's `name:` may come after its `version:` (kwokctl writes
+    // keys in order), so each component's lines are gathered first.
+    let mut pending: Vec<String> = Vec::new();
+    let flush = |pending: &mut Vec<String>, component: Option<&str>, out: &mut String| {
+        let versioned = component.is_some_and(|c| VERSIONED.contains(&c));
+        for line in pending.drain(..) {
+            let trimmed = line.trim_start();
+            if versioned && trimmed == format!("version: {from_bare}") {
+                let indent = &line[..line.len() - trimmed.len()];
+                out.push_str(&format!("{indent}version: {to_bare}\n"));
+            } else {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+    };
+    for line in config.lines() {
+        let trimmed = line.trim_start();
+        // A new component (a list item at the top), or another top-level
+        // key or document: what came before is complete.
+        if line.len() == trimmed.len() && !trimmed.is_empty() {
+            flush(&mut pending, component, &mut out);
+            component = None;
+        }
+        if let Some(name) = trimmed.strip_prefix("name: ")
+            && line.starts_with("  ")
+            && !line.starts_with("   ")
+        {
+            component = VERSIONED.iter().copied().find(|c| *c == name.trim());
+        }
+        if trimmed.starts_with("kubeVersion:") && !from.is_empty() {
+            let indent = &line[..line.len() - trimmed.len()];
+            pending.push(format!("{indent}kubeVersion: {to}"));
+            continue;
+        }
+        pending.push(line.to_string());
+    }
+    flush(&mut pending, component, &mut out);
+    out
 }
 
 /// `kube-apiserver --version` prints `Kubernetes v1.36.3`.
@@ -422,6 +582,20 @@ mod tests {
     fn this_process_is_alive_and_a_free_pid_is_not() {
         assert!(process_alive(std::process::id()));
         assert!(!process_alive(u32::MAX - 1));
+    }
+
+    #[test]
+    fn a_config_is_retargeted_to_another_version_for_its_control_plane_only() {
+        let config = "components:\n- args:\n  - --a\n  binary: /c/bin/etcd\n  name: etcd\n  version: 3.6.8\n- args:\n  - --b\n  binary: /c/bin/kube-apiserver\n  name: kube-apiserver\n  version: 1.35.4\n- binary: /c/bin/kwok-controller\n  name: kwok-controller\n  version: 0.8.0\noptions:\n  kubeVersion: v1.35.4\n  runtime: binary\n";
+        let out = retarget(config, "v1.35.4", "v1.36.3");
+        assert!(
+            out.contains("  name: kube-apiserver\n  version: 1.36.3\n"),
+            "{out}"
+        );
+        assert!(out.contains("  name: etcd\n  version: 3.6.8\n"), "{out}");
+        assert!(out.contains("  kubeVersion: v1.36.3\n"), "{out}");
+        assert!(out.contains("version: 0.8.0"), "{out}");
+        assert_eq!(out.lines().count(), config.lines().count());
     }
 
     #[test]

@@ -32,7 +32,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde::{Deserialize, Serialize};
 
 use crate::kubeconfig::Access;
-use crate::kwokctl::{Kwokctl, KwokctlError, Processes};
+use crate::kwokctl::{KubeBuild, Kwokctl, KwokctlError, Processes};
 
 /// The drift field that says whether the cluster's processes run.
 const STATE_FIELD: &str = "state";
@@ -92,7 +92,11 @@ impl ProviderFactory<Cluster> for LocalFactory {
 pub struct LocalCloud {
     kwokctl: Kwokctl,
     records: PathBuf,
+    /// The version clusters get unless their spec names another.
     version: MinorVersion,
+    /// Every version clusters can run (`scripts/install-tools` builds the
+    /// current minor and the one before it).
+    builds: BTreeMap<MinorVersion, KubeBuild>,
 }
 
 impl LocalCloud {
@@ -109,11 +113,48 @@ impl LocalCloud {
                 ),
             )
         })?;
+        let builds = kwokctl
+            .builds()
+            .iter()
+            .filter_map(|b| Some((MinorVersion::parse(&b.version)?, b.clone())))
+            .collect();
         Ok(Self {
             records: options.work_dir.join("fleetforge"),
             kwokctl,
             version,
+            builds,
         })
+    }
+
+    /// The versions clusters can run, as `1.35 (v1.35.4), 1.36 (v1.36.3)`.
+    fn supported(&self) -> String {
+        self.builds
+            .iter()
+            .map(|(minor, build)| format!("{minor} ({})", build.version))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The build of `version` (`major.minor`), if it is one.
+    fn build(&self, version: &str) -> Result<&KubeBuild, ProviderError> {
+        MinorVersion::parse(version)
+            .and_then(|minor| self.builds.get(&minor))
+            .ok_or_else(|| {
+                ProviderError::new(
+                    ErrorKind::InvalidSpec,
+                    format!(
+                        "local clusters run {}; {version} is not built here",
+                        self.supported()
+                    ),
+                )
+            })
+    }
+
+    /// The version cluster `name` runs, as kwokctl last started it.
+    fn running(&self, name: &str) -> String {
+        self.kwokctl
+            .version_of(name)
+            .unwrap_or_else(|| self.kwokctl.kube_version().to_string())
     }
 
     /// The kwokctl driving this cloud.
@@ -193,8 +234,20 @@ impl LocalCloud {
             .map(ResourceExt::name_any)
             .collect();
         let (add, remove) = nodes::resize(&pool.name, &existing, size);
+        // New members join at the version the pool's nodes run (the control
+        // plane's, for a new pool).
+        let kubelet = match self.pool_version(client, &pool.name).await? {
+            Some(version) => version,
+            None => {
+                client
+                    .apiserver_version()
+                    .await
+                    .map_err(kube_failed)?
+                    .git_version
+            }
+        };
         for index in add {
-            let node = nodes::node(&pool.name, &pool.machine_type, index);
+            let node = nodes::node(&pool.name, &pool.machine_type, index, &kubelet);
             match api.create(&PostParams::default(), &node).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -209,6 +262,73 @@ impl LocalCloud {
             }
         }
         self.await_nodes_ready(&api, &selector).await
+    }
+
+    /// The oldest kubelet version among `pool`'s nodes, if any reports
+    /// one.
+    async fn pool_version(
+        &self,
+        client: &kube::Client,
+        pool: &str,
+    ) -> Result<Option<String>, ProviderError> {
+        let selector = format!("{}={pool}", nodes::POOL_LABEL);
+        let list = Api::<Node>::all(client.clone())
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(kube_failed)?;
+        Ok(list
+            .items
+            .iter()
+            .filter_map(nodes::kubelet_version)
+            .min_by_key(|v| MinorVersion::parse(v))
+            .map(str::to_string))
+    }
+
+    /// Upgrades `pool`'s nodes to `build` one at a time, surge first, as a
+    /// managed node group rolls: a node at the new version joins and is
+    /// Ready before an old one leaves (its pods are rescheduled).
+    async fn roll_pool(
+        &self,
+        client: &kube::Client,
+        pool: &RecordPool,
+        build: &KubeBuild,
+    ) -> Result<(), ProviderError> {
+        let api: Api<Node> = Api::all(client.clone());
+        let selector = format!("{}={}", nodes::POOL_LABEL, pool.name);
+        let old: Vec<Node> = api
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(kube_failed)?
+            .items
+            .into_iter()
+            .filter(|n| nodes::kubelet_version(n) != Some(build.version.as_str()))
+            .collect();
+        for node in old {
+            let names: Vec<String> = api
+                .list_metadata(&ListParams::default().labels(&selector))
+                .await
+                .map_err(kube_failed)?
+                .items
+                .iter()
+                .map(ResourceExt::name_any)
+                .collect();
+            let (add, _) = nodes::resize(&pool.name, &names, names.len() + 1);
+            for index in add {
+                let surge = nodes::node(&pool.name, &pool.machine_type, index, &build.version);
+                match api.create(&PostParams::default(), &surge).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => return Err(kube_failed(e)),
+                }
+            }
+            self.await_nodes_ready(&api, &selector).await?;
+            match api.delete(&node.name_any(), &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(kube_failed(e)),
+            }
+        }
+        Ok(())
     }
 
     async fn await_nodes_ready(
@@ -251,36 +371,51 @@ impl LocalCloud {
             .await
             .map_err(kube_failed)?;
         let label_drift = label_drift(&record.pools, &list.items);
-        let mut counts: BTreeMap<String, (i32, i32, Option<String>)> = BTreeMap::new();
+        let mut counts: BTreeMap<String, PoolNodes> = BTreeMap::new();
         for node in &list.items {
             let labels = node.labels();
             let pool = labels[nodes::POOL_LABEL].clone();
-            let entry = counts.entry(pool).or_insert((0, 0, None));
-            entry.0 += 1;
-            entry.1 += i32::from(nodes::is_ready(node));
-            entry.2 = entry
-                .2
+            let entry = counts.entry(pool).or_default();
+            entry.count += 1;
+            entry.ready += i32::from(nodes::is_ready(node));
+            entry.machine_type = entry
+                .machine_type
                 .take()
                 .or_else(|| labels.get(nodes::MACHINE_TYPE_LABEL).cloned());
+            // A pool runs the oldest version among its nodes.
+            if let Some(kubelet) = nodes::kubelet_version(node)
+                && entry
+                    .version
+                    .as_deref()
+                    .is_none_or(|v| MinorVersion::parse(kubelet) < MinorVersion::parse(v))
+            {
+                entry.version = Some(kubelet.to_string());
+            }
         }
+        let version_of = |seen: &PoolNodes| seen.version.clone().unwrap_or_else(|| version.clone());
         let mut pools: Vec<ObservedNodePool> = record
             .pools
             .iter()
             .map(|pool| {
-                let (count, ready, _) = counts.remove(&pool.name).unwrap_or_default();
-                observed_pool(pool, &version, count, ready)
+                let seen = counts.remove(&pool.name).unwrap_or_default();
+                observed_pool(pool, &version_of(&seen), seen.count, seen.ready)
             })
             .collect();
         // Nodes of a pool the record does not know (added by hand) form a
         // pool too, so they show up as drift.
-        for (pool, (count, ready, machine_type)) in counts {
+        for (pool, seen) in counts {
             let record = RecordPool {
                 name: pool,
-                machine_type: machine_type.unwrap_or_default(),
+                machine_type: seen.machine_type.clone().unwrap_or_default(),
                 min: 0,
-                max: count,
+                max: seen.count,
             };
-            pools.push(observed_pool(&record, &version, count, ready));
+            pools.push(observed_pool(
+                &record,
+                &version_of(&seen),
+                seen.count,
+                seen.ready,
+            ));
         }
         Ok((version, pools, label_drift))
     }
@@ -332,6 +467,16 @@ fn label_drift(pools: &[RecordPool], items: &[Node]) -> Vec<FieldDiff> {
             })
         })
         .collect()
+}
+
+/// What a pool's nodes say: how many, how many Ready, their machine type
+/// and the oldest kubelet version among them.
+#[derive(Debug, Default)]
+struct PoolNodes {
+    count: i32,
+    ready: i32,
+    machine_type: Option<String>,
+    version: Option<String>,
 }
 
 fn observed_pool(pool: &RecordPool, version: &str, count: i32, ready: i32) -> ObservedNodePool {
@@ -450,8 +595,8 @@ impl ExternalClient<Cluster> for LocalCloud {
             owner: record.owner.clone(),
             connection: connection.clone(),
             resource: ObservedCluster {
-                // What it ran when it was started: the built version.
-                version: Some(self.kwokctl.kube_version().to_string()),
+                // What it ran when it was last started.
+                version: Some(self.running(name)),
                 endpoint: endpoint.clone(),
                 node_pools: record
                     .pools
@@ -459,7 +604,7 @@ impl ExternalClient<Cluster> for LocalCloud {
                     .map(|pool| {
                         let spec = obj.spec.node_pools.iter().find(|p| p.name == pool.name);
                         let size = spec.and_then(|p| p.desired).unwrap_or(pool.min);
-                        observed_pool(pool, self.kwokctl.kube_version(), size, 0)
+                        observed_pool(pool, &self.running(name), size, 0)
                     })
                     .collect(),
                 provider_drift: state
@@ -522,7 +667,11 @@ impl ExternalClient<Cluster> for LocalCloud {
         // The record goes first: a create interrupted half-way leaves a
         // cluster that is still known to be ours.
         self.write_record(name, &record).await?;
-        if let Err(error) = self.kwokctl.create(name, &[]).await {
+        let build = match obj.spec.version.as_deref() {
+            Some(version) => self.build(version)?.clone(),
+            None => self.build(&self.version.to_string())?.clone(),
+        };
+        if let Err(error) = self.kwokctl.create_at(name, &build, &[]).await {
             // Leave nothing half-made; the engine retries with backoff.
             if let Err(cleanup) = self.kwokctl.delete(name).await {
                 tracing::warn!(cluster = name, error = %cleanup, "removing a failed create");
@@ -573,15 +722,22 @@ impl ExternalClient<Cluster> for LocalCloud {
         };
         for change in changes {
             match change {
-                ClusterChange::UpgradeControlPlane { to }
-                | ClusterChange::UpgradeNodePool { to, .. } => {
-                    return Err(ProviderError::new(
-                        ErrorKind::InvalidSpec,
-                        format!(
-                            "local clusters run {} only; they cannot be upgraded to {to}",
-                            self.kwokctl.kube_version()
-                        ),
-                    ));
+                ClusterChange::UpgradeControlPlane { to } => {
+                    let build = self.build(to)?.clone();
+                    self.kwokctl
+                        .upgrade(name, &build)
+                        .await
+                        .map_err(kwokctl_failed)?;
+                    // The engine observes the new version on its next look;
+                    // nothing else in this pass may use the old client.
+                    return Ok(());
+                }
+                ClusterChange::UpgradeNodePool { pool, to } => {
+                    let build = self.build(to)?.clone();
+                    let Some(entry) = record.pools.iter().find(|p| &p.name == pool).cloned() else {
+                        continue;
+                    };
+                    self.roll_pool(&client, &entry, &build).await?;
                 }
                 ClusterChange::AddNodePool(pool) => {
                     let entry = RecordPool::from(pool);
@@ -657,15 +813,14 @@ impl ExternalClient<Cluster> for LocalCloud {
 
     fn validate(&self, obj: &Cluster) -> Result<(), Refusal> {
         if let Some(text) = obj.spec.version.as_deref()
-            && MinorVersion::parse(text) != Some(self.version)
+            && MinorVersion::parse(text).is_none_or(|v| !self.builds.contains_key(&v))
         {
             return Err(Refusal {
                 reason: "UnsupportedVersion",
                 field: "spec.version".into(),
                 message: format!(
-                    "the local provider runs the Kubernetes that scripts/install-tools built, {} ({}); set spec.version to {} or leave it out",
-                    self.version,
-                    self.kwokctl.kube_version(),
+                    "the local provider runs the Kubernetes versions scripts/install-tools built, {}; set spec.version to one of them or leave it out ({})",
+                    self.supported(),
                     self.version
                 ),
             });
@@ -724,8 +879,8 @@ mod tests {
     fn relabelled_nodes_are_drift() {
         let pools = [RecordPool::from(&pool("a", 1, 3, None))];
         let mut nodes = vec![
-            nodes::node("a", "standard", 0),
-            nodes::node("a", "standard", 1),
+            nodes::node("a", "standard", 0, "v1.36.3"),
+            nodes::node("a", "standard", 1, "v1.36.3"),
         ];
         assert!(label_drift(&pools, &nodes).is_empty());
         nodes[1]

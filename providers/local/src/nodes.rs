@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, NodeStatus, NodeSystemInfo};
 use kube::api::ObjectMeta;
 
 /// The label naming a node's pool.
@@ -17,8 +17,20 @@ pub fn node_name(pool: &str, index: usize) -> String {
     format!("{pool}-{index}")
 }
 
-/// A Node for member `index` of `pool`.
-pub fn node(pool: &str, machine_type: &str, index: usize) -> Node {
+/// The kubelet version a node reports, when it is a Kubernetes version
+/// (kwok reports its own, `kwok-0.8.0`, for nodes created without one).
+pub fn kubelet_version(node: &Node) -> Option<&str> {
+    node.status
+        .as_ref()?
+        .node_info
+        .as_ref()
+        .map(|info| info.kubelet_version.as_str())
+        .filter(|v| v.starts_with('v'))
+}
+
+/// A Node for member `index` of `pool`, its kubelet reporting
+/// `kubelet_version` (kwok keeps what the node was created with).
+pub fn node(pool: &str, machine_type: &str, index: usize, kubelet_version: &str) -> Node {
     let name = node_name(pool, index);
     let labels = [
         (POOL_LABEL, pool),
@@ -43,6 +55,16 @@ pub fn node(pool: &str, machine_type: &str, index: usize) -> Node {
             )])),
             ..ObjectMeta::default()
         },
+        status: Some(NodeStatus {
+            node_info: Some(NodeSystemInfo {
+                kubelet_version: kubelet_version.to_string(),
+                kube_proxy_version: kubelet_version.to_string(),
+                architecture: "amd64".into(),
+                operating_system: "linux".into(),
+                ..NodeSystemInfo::default()
+            }),
+            ..NodeStatus::default()
+        }),
         ..Node::default()
     }
 }
@@ -123,7 +145,8 @@ mod tests {
 
     #[test]
     fn a_node_carries_its_pool_and_machine_type() {
-        let node = node("workers", "standard-4", 3);
+        let node = node("workers", "standard-4", 3, "v1.35.4");
+        assert_eq!(kubelet_version(&node), Some("v1.35.4"));
         let labels = node.metadata.labels.unwrap();
         assert_eq!(node.metadata.name.as_deref(), Some("workers-3"));
         assert_eq!(labels[POOL_LABEL], "workers");

@@ -2,7 +2,10 @@
 //! clusters through the local provider exactly as the controller does (one
 //! pool of `--nodes` kwok nodes each, all requested at once), and reports
 //! each create's time, the wall time for all of them, and each cluster's
-//! memory once settled; then deletes them and checks nothing is left.
+//! memory once settled; with `--upgrade-from 1.35`, the clusters are
+//! created at that minor and each is then upgraded to the default one, as
+//! the engine does (the control plane, then the pool, node by node), each
+//! step timed; then deletes them and checks nothing is left.
 //!
 //! ```text
 //! cargo build --release --bins
@@ -34,18 +37,68 @@ struct Args {
     /// Where the binaries are (default: the workspace's .tools/bin).
     #[arg(long)]
     tools_bin: Option<PathBuf>,
+    /// Create the clusters at this `major.minor` and time their upgrade to
+    /// the default version.
+    #[arg(long)]
+    upgrade_from: Option<String>,
 }
 
-fn cluster(name: &str, nodes: i32) -> anyhow::Result<Cluster> {
+fn cluster(name: &str, nodes: i32, version: Option<&str>) -> anyhow::Result<Cluster> {
+    let mut spec = serde_json::json!({
+        "providerConfigRef": {"name": "local"},
+        "nodePools": [{"name": "workers", "machineType": "standard-2", "min": nodes, "max": nodes, "desired": nodes}],
+    });
+    if let Some(version) = version {
+        spec["version"] = version.into();
+    }
     Ok(serde_json::from_value(serde_json::json!({
         "apiVersion": "fleetforge.dev/v1alpha1",
         "kind": "Cluster",
         "metadata": {"name": name, "namespace": "bench"},
-        "spec": {
-            "providerConfigRef": {"name": "local"},
-            "nodePools": [{"name": "workers", "machineType": "standard-2", "min": nodes, "max": nodes, "desired": nodes}],
-        },
+        "spec": spec,
     }))?)
+}
+
+/// Upgrades cluster `name` to `to` as the engine does, one pass per
+/// change of the engine's plan, and returns how long the control plane and
+/// the node pool took.
+async fn upgrade(
+    cloud: &LocalCloud,
+    obj: &Cluster,
+    name: &str,
+    to: &str,
+) -> anyhow::Result<(Duration, Duration)> {
+    let mut target = obj.clone();
+    target.spec.version = Some(to.to_string());
+    let mut times = Vec::new();
+    loop {
+        let seen = cloud
+            .observe(&target, name)
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?
+            .ok_or_else(|| anyhow::anyhow!("{name} is gone"))?;
+        let changes = fleetforge_core::cluster::plan(&target.spec, &seen.resource)
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+        if changes.is_empty() {
+            break;
+        }
+        let t = Instant::now();
+        cloud
+            .update(&target, name, &changes)
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+        times.push(t.elapsed());
+        if times.len() > 4 {
+            bail!("{name}: still changing after {} passes", times.len());
+        }
+    }
+    match times.as_slice() {
+        [control_plane, pool] => Ok((*control_plane, *pool)),
+        other => bail!(
+            "{name}: expected two passes (control plane, pool), took {}",
+            other.len()
+        ),
+    }
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -70,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
     let objects: Vec<(String, Cluster)> = (0..args.clusters)
         .map(|i| {
             let name = format!("bench-{i}");
-            cluster(&name, args.nodes).map(|c| (name, c))
+            cluster(&name, args.nodes, args.upgrade_from.as_deref()).map(|c| (name, c))
         })
         .collect::<anyhow::Result<_>>()?;
 
@@ -142,6 +195,26 @@ async fn main() -> anyhow::Result<()> {
         mib(pss_total),
         mib(pss_total) / args.clusters as f64
     );
+
+    if args.upgrade_from.is_some() {
+        let to = cloud
+            .kwokctl()
+            .kube_version()
+            .trim_start_matches('v')
+            .to_string();
+        let to: String = to.split('.').take(2).collect::<Vec<_>>().join(".");
+        for (name, obj) in &objects {
+            let started = Instant::now();
+            let (control_plane, pool) = upgrade(&cloud, obj, name, &to).await?;
+            println!(
+                "{name}: upgraded to {to} in {:.1}s: control plane (stop, new binaries, start on the same etcd) {:.1}s, pool of {} nodes rolled {:.1}s",
+                started.elapsed().as_secs_f64(),
+                control_plane.as_secs_f64(),
+                args.nodes,
+                pool.as_secs_f64()
+            );
+        }
+    }
 
     let started = Instant::now();
     for (name, obj) in &objects {
