@@ -207,3 +207,20 @@ pub fn controller_metric(port: u16, name: &str) -> anyhow::Result<f64> {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
 }
+
+/// Polls `done` every 250 ms until it says true, failing after `limit`
+/// with `what`; the time it took.
+pub async fn wait_until(
+    what: &str,
+    limit: std::time::Duration,
+    mut done: impl AsyncFnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<std::time::Duration> {
+    let started = std::time::Instant::now();
+    while !done().await? {
+        if started.elapsed() > limit {
+            anyhow::bail!("{what}: not within {limit:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    Ok(started.elapsed())
+}

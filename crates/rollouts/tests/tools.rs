@@ -17,10 +17,8 @@ use fleetforge_api::{
 use fleetforge_core::watch::Informers;
 use fleetforge_rollouts::RolloutMetrics;
 use fleetforge_testenv::{await_condition, shared, with_temp_ns};
-use fleetforge_tools::driver::HelmDriver;
-use fleetforge_tools::helm::Helm;
 use fleetforge_tools::nop::NopDriver;
-use fleetforge_tools::{Drivers, ToolMetrics, ToolOptions};
+use fleetforge_tools::{ToolMetrics, ToolOptions};
 use futures::StreamExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -58,21 +56,14 @@ fn deployed(tt: &ToolTarget) -> bool {
 impl Harness {
     async fn start(client: Client, namespace: String) -> Self {
         fleetforge_core::crds::install(&client).await.unwrap();
-        let metrics = Arc::new(ToolMetrics::default());
-        let nop = NopDriver::new(metrics.clone());
-        let work = std::env::temp_dir().join(format!("rollout-tools-{namespace}"));
-        let helm = HelmDriver::new(
-            Helm::new("helm".into(), work.clone()),
-            work.join("kubeconfigs"),
+        let (drivers, _) = fleetforge_tools::drivers(
+            "helm".into(),
+            2,
             Default::default(),
-            None,
-            metrics,
+            Arc::new(ToolMetrics::default()),
         )
         .unwrap();
-        let drivers = Drivers {
-            helm: Arc::new(helm),
-            nop: nop.clone(),
-        };
+        let nop = drivers.nop.clone();
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let runtime = fleetforge_runtime::Runtime::new(Default::default(), stopping);
         let options = ToolOptions {

@@ -16,10 +16,7 @@ use fleetforge_rollouts::RolloutMetrics;
 use fleetforge_runtime::backoff::BackoffSettings;
 use fleetforge_runtime::{ControllerMetrics, Runtime};
 use fleetforge_testenv::{await_condition, shared, with_temp_ns};
-use fleetforge_tools::driver::HelmDriver;
-use fleetforge_tools::helm::Helm;
-use fleetforge_tools::nop::NopDriver;
-use fleetforge_tools::{Drivers, ToolMetrics};
+use fleetforge_tools::ToolMetrics;
 use futures::StreamExt;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -75,21 +72,13 @@ impl Fleet {
         let nop = NopFactory::new();
         let informers = Informers::new(&client, Some(&namespace));
         // Health checks reach nop clusters through the nop tool driver.
-        let tool_metrics = Arc::new(ToolMetrics::default());
-        let work = std::env::temp_dir().join(format!("rollout-versions-{namespace}"));
-        let drivers = Drivers {
-            helm: Arc::new(
-                HelmDriver::new(
-                    Helm::new("helm".into(), work.clone()),
-                    work.join("kubeconfigs"),
-                    Default::default(),
-                    None,
-                    tool_metrics.clone(),
-                )
-                .unwrap(),
-            ),
-            nop: NopDriver::new(tool_metrics),
-        };
+        let (drivers, _) = fleetforge_tools::drivers(
+            "helm".into(),
+            2,
+            Default::default(),
+            Arc::new(ToolMetrics::default()),
+        )
+        .unwrap();
         {
             let (runtime, client, informers) = (runtime.clone(), client.clone(), informers.clone());
             let providers = Providers::default().register(ProviderKind::Nop, nop.clone());
@@ -239,6 +228,18 @@ impl Fleet {
         .await
         .unwrap()
         .unwrap()
+    }
+
+    /// Removes the nop fault annotation `key` from Cluster `name`.
+    async fn clear_fault(&self, name: &str, key: &str) {
+        self.clusters()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {key: null}}})),
+            )
+            .await
+            .unwrap();
     }
 
     async fn annotate(&self, key: &str, value: &str) {
@@ -395,16 +396,8 @@ async fn a_failing_canary_halts_the_rollout_and_a_resume_completes_it() {
 
         // The fault clears; a person resumes.
         fleet
-            .clusters()
-            .patch(
-                "c00",
-                &PatchParams::default(),
-                &Patch::Merge(
-                    json!({"metadata": {"annotations": {"nop.fleetforge.dev/fail-update": null}}}),
-                ),
-            )
-            .await
-            .unwrap();
+            .clear_fault("c00", "nop.fleetforge.dev/fail-update")
+            .await;
         fleet.annotate(annotation::RESUME, "after the fix").await;
         let done = fleet.wait_phase(RolloutPhase::Completed).await;
         assert!(
@@ -455,15 +448,7 @@ async fn an_abort_leaves_the_fleet_consistent_and_a_rollback_reverts_what_has_no
         assert_eq!(c01.message.as_deref(), Some("rolled back to 1.33"));
         // c01's control plane never moved: it is back at 1.33 and healthy
         // again once its spec says so.
-        fleet
-            .clusters()
-            .patch(
-                "c01",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"annotations": {"nop.fleetforge.dev/fail-update": null}}})),
-            )
-            .await
-            .unwrap();
+        fleet.clear_fault("c01", "nop.fleetforge.dev/fail-update").await;
         fleet
             .wait_cluster("c01", "c01 back at 1.33 and Ready", |c| ready_at(c, "1.33"))
             .await;
@@ -516,16 +501,8 @@ async fn a_target_failing_the_rollout_s_health_check_halts_it_until_it_passes() 
         assert_eq!(fleet.spec_versions().await["c01"], "1.33");
 
         fleet
-            .clusters()
-            .patch(
-                "c00",
-                &PatchParams::default(),
-                &Patch::Merge(
-                    json!({"metadata": {"annotations": {"nop.fleetforge.dev/unhealthy": null}}}),
-                ),
-            )
-            .await
-            .unwrap();
+            .clear_fault("c00", "nop.fleetforge.dev/unhealthy")
+            .await;
         fleet.annotate(annotation::RESUME, "checked").await;
         fleet.wait_phase(RolloutPhase::Completed).await;
     })

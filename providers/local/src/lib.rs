@@ -312,14 +312,15 @@ impl LocalCloud {
                 .iter()
                 .map(ResourceExt::name_any)
                 .collect();
-            let (add, _) = nodes::resize(&pool.name, &names, names.len() + 1);
-            for index in add {
-                let surge = nodes::node(&pool.name, &pool.machine_type, index, &build.version);
-                match api.create(&PostParams::default(), &surge).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 409 => {}
-                    Err(e) => return Err(kube_failed(e)),
-                }
+            // A name not just taken by a node that left: kwok and the node
+            // controller still hold the old node's state for a while, and
+            // a new node under that name stayed Unknown for half a minute.
+            let index = nodes::next_index(&pool.name, &names);
+            let surge = nodes::node(&pool.name, &pool.machine_type, index, &build.version);
+            match api.create(&PostParams::default(), &surge).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(kube_failed(e)),
             }
             self.await_nodes_ready(&api, &selector).await?;
             match api.delete(&node.name_any(), &DeleteParams::default()).await {

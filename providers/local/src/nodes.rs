@@ -105,6 +105,21 @@ pub fn resize(pool: &str, existing: &[String], size: usize) -> (Vec<usize>, Vec<
     (add, Vec::new())
 }
 
+/// An index past every member of `pool` among `existing`, for a node
+/// that joins while others leave (a rolling replacement).
+pub fn next_index(pool: &str, existing: &[String]) -> usize {
+    existing
+        .iter()
+        .filter_map(|name| {
+            name.strip_prefix(pool)?
+                .strip_prefix('-')?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |max| max + 1)
+}
+
 /// Whether a Node reports the condition Ready=True.
 pub fn is_ready(node: &Node) -> bool {
     node.status
@@ -141,6 +156,13 @@ mod tests {
         assert!(add.is_empty());
         assert_eq!(remove, names(&["other"]));
         assert_eq!(resize("w", &names(&["other"]), 2), (vec![0], vec![]));
+    }
+
+    #[test]
+    fn a_joining_node_takes_an_index_past_every_member() {
+        assert_eq!(next_index("w", &names(&["w-1", "w-2"])), 3);
+        assert_eq!(next_index("w", &names(&[])), 0);
+        assert_eq!(next_index("w", &names(&["other"])), 0);
     }
 
     #[test]

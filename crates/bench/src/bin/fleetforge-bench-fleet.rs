@@ -22,7 +22,7 @@ use clap::Parser;
 use fleetforge_api::{Cluster, ToolInstall, condition};
 use fleetforge_bench::{
     api_writes, api_writes_by_resource, apply, controller_metric, management_plane,
-    start_controller,
+    start_controller, wait_until,
 };
 use fleetforge_testenv::free_port;
 use futures::{StreamExt, TryStreamExt, stream};
@@ -43,21 +43,6 @@ struct Args {
 }
 
 const NAMESPACE: &str = "fleet";
-
-async fn wait_until(
-    what: &str,
-    limit: Duration,
-    mut done: impl AsyncFnMut() -> anyhow::Result<bool>,
-) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    while !done().await? {
-        if started.elapsed() > limit {
-            bail!("{what}: not within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    Ok(started.elapsed())
-}
 
 fn writes_between(
     before: &std::collections::BTreeMap<String, f64>,

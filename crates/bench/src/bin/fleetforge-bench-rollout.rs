@@ -20,7 +20,7 @@ use fleetforge_api::fleet_rollout::RolloutPhase;
 use fleetforge_api::{Cluster, FleetRollout, condition};
 use fleetforge_bench::{
     api_writes_by_resource, apply, controller_metric, controller_metric_where, management_plane,
-    start_controller,
+    start_controller, wait_until,
 };
 use fleetforge_testenv::free_port;
 use futures::{StreamExt, TryStreamExt, stream};
@@ -35,21 +35,6 @@ struct Args {
 }
 
 const NAMESPACE: &str = "fleet";
-
-async fn wait_until(
-    what: &str,
-    limit: Duration,
-    mut done: impl AsyncFnMut() -> anyhow::Result<bool>,
-) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    while !done().await? {
-        if started.elapsed() > limit {
-            bail!("{what}: not within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    Ok(started.elapsed())
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
