@@ -164,11 +164,23 @@ impl Browser {
         }
     }
 
-    /// A PNG of the window.
-    pub fn screenshot(&self) -> Vec<u8> {
-        let encoded = self.call("GET", "/screenshot", None);
+    /// A PNG of the whole page, beyond the window (through chromedriver's
+    /// DevTools passthrough: WebDriver itself captures the window only).
+    pub fn full_page_screenshot(&self) -> Vec<u8> {
+        let size = self.execute(
+            "return [document.documentElement.scrollWidth, document.documentElement.scrollHeight];",
+            json!([]),
+        );
+        let captured = self.call(
+            "POST",
+            "/goog/cdp/execute",
+            Some(&json!({"cmd": "Page.captureScreenshot", "params": {
+                "format": "png", "captureBeyondViewport": true,
+                "clip": {"x": 0, "y": 0, "width": size[0], "height": size[1], "scale": 1},
+            }})),
+        );
         base64::engine::general_purpose::STANDARD
-            .decode(encoded.as_str().expect("a base64 screenshot"))
+            .decode(captured["data"].as_str().expect("a base64 screenshot"))
             .expect("the screenshot is base64")
     }
 
@@ -315,10 +327,11 @@ pub fn distinct_colours(png_bytes: &[u8]) -> usize {
     colours.len()
 }
 
-/// Saves a screenshot as `dir/name.png` after checking it is not blank
-/// (at least `min_colours` distinct colours); returns its path.
+/// Saves a screenshot of the whole page as `dir/name.png` after checking
+/// it is not blank (at least `min_colours` distinct colours); returns its
+/// path.
 pub fn save_screenshot(browser: &Browser, dir: &Path, name: &str, min_colours: usize) -> PathBuf {
-    let png = browser.screenshot();
+    let png = browser.full_page_screenshot();
     std::fs::create_dir_all(dir).expect("creating the screenshot directory");
     let path = dir.join(format!("{name}.png"));
     std::fs::write(&path, &png).expect("writing the screenshot");

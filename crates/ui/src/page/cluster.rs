@@ -38,7 +38,7 @@ pub fn render(
     let row = &detail.row;
     let _ = write!(
         live,
-        r#"<section aria-labelledby="summary-h"><h2 id="summary-h">Summary</h2><dl class="facts">
+        r#"<section aria-labelledby="summary-h"><h2 id="summary-h">Summary</h2><dl class="facts two">
 <dt>Phase</dt><dd class="phase">{phase}</dd>
 <dt>Ready</dt><dd class="ready">{ready}</dd>
 <dt>Drift</dt><dd class="drift">{drift}</dd>
