@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use fleetforge_api::{Cluster, Environment, ToolTarget};
 use fleetforge_e2e::browser::{Browser, save_screenshot};
+use fleetforge_e2e::chart::{find, render};
 use fleetforge_e2e::fleet_view::FleetView;
 use fleetforge_e2e::{Controller, admin_kubeconfig, install, nop, service_account_token};
 use fleetforge_testenv::{shared, with_temp_ns};
@@ -369,6 +370,51 @@ async fn a_person_sees_only_the_clusters_they_may_list() {
     .await;
 }
 
+/// Applies the chart's fleet-view RBAC (rendered with `ui.enabled`, into
+/// `namespace`): its ServiceAccount, ClusterRoles and binding.
+async fn apply_chart_ui_rbac(client: &Client, namespace: &str) -> Vec<Value> {
+    let objects = render(&[
+        "--namespace",
+        namespace,
+        "--set",
+        "ui.enabled=true",
+        "--show-only",
+        "templates/ui.yaml",
+    ]);
+    let params = PatchParams::apply("fleetforge-e2e").force();
+    for object in &objects {
+        let (group, version, plural) = match object["kind"].as_str().unwrap() {
+            "ServiceAccount" => ("", "v1", "serviceaccounts"),
+            "ClusterRole" => ("rbac.authorization.k8s.io", "v1", "clusterroles"),
+            "ClusterRoleBinding" => ("rbac.authorization.k8s.io", "v1", "clusterrolebindings"),
+            // Pods do not run here: the test runs the Deployment's
+            // arguments as a process.
+            "Deployment" | "Service" => continue,
+            other => panic!("the chart's fleet view has a {other} the test does not know"),
+        };
+        let resource = kube::api::ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: object["apiVersion"].as_str().unwrap().into(),
+            kind: object["kind"].as_str().unwrap().into(),
+            plural: plural.into(),
+        };
+        let api: Api<kube::api::DynamicObject> = if object["metadata"]["namespace"].is_string() {
+            Api::namespaced_with(client.clone(), namespace, &resource)
+        } else {
+            Api::all_with(client.clone(), &resource)
+        };
+        api.patch(
+            object["metadata"]["name"].as_str().unwrap(),
+            &params,
+            &Patch::Apply(object),
+        )
+        .await
+        .unwrap();
+    }
+    objects
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn in_cluster_mode_admits_only_reviewed_tokens() {
     install();
@@ -382,6 +428,17 @@ async fn in_cluster_mode_admits_only_reviewed_tokens() {
                      "dedicated": {"providerConfigRef": {"name": config}}},
         }))
         .await;
+        // No controller here: the status an environment would have.
+        let environments: Api<Environment> = Api::namespaced(client.clone(), &ns);
+        let expires = k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_hours(8);
+        environments
+            .patch_status("not-yours", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Ready", "expiresAt": expires.to_string()}})))
+            .await
+            .unwrap();
+        // The chart's own RBAC: the view's ServiceAccount may only ask the
+        // reviews; people get fleetforge-ui-user (in) and
+        // fleetforge-ui-viewer (reads), here in this namespace only.
+        let objects = apply_chart_ui_rbac(&client, &ns).await;
         let params = PatchParams::apply("fleetforge-e2e");
         let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &ns);
         for name in ["nobody", "viewer"] {
@@ -390,15 +447,13 @@ async fn in_cluster_mode_admits_only_reviewed_tokens() {
                 .await
                 .unwrap();
         }
-        // The viewer may use the fleet view (get ui.fleetforge.dev) and
-        // read Clusters in this namespace.
-        let cluster_roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(client.clone());
-        let role_name = format!("{ns}-ui-viewer");
-        cluster_roles
-            .patch(&role_name, &params, &Patch::Apply(&json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": role_name},
-                "rules": [{"apiGroups": ["fleetforge.dev"], "resources": ["ui"], "verbs": ["get"]},
-                          {"apiGroups": ["fleetforge.dev"], "resources": ["clusters"], "verbs": ["get", "list", "watch"]}],
+        let user_binding = format!("{ns}-ui-user");
+        let cluster_bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(client.clone());
+        cluster_bindings
+            .patch(&user_binding, &params, &Patch::Apply(&json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": user_binding},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "fleetforge-ui-user"},
+                "subjects": [{"kind": "ServiceAccount", "name": "viewer", "namespace": ns}],
             })))
             .await
             .unwrap();
@@ -406,28 +461,33 @@ async fn in_cluster_mode_admits_only_reviewed_tokens() {
         bindings
             .patch("viewer", &params, &Patch::Apply(&json!({
                 "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "viewer"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
-                "subjects": [{"kind": "ServiceAccount", "name": "viewer", "namespace": ns}],
-            })))
-            .await
-            .unwrap();
-        let cluster_bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(client.clone());
-        cluster_bindings
-            .patch(&role_name, &params, &Patch::Apply(&json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": role_name},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "fleetforge-ui-viewer"},
                 "subjects": [{"kind": "ServiceAccount", "name": "viewer", "namespace": ns}],
             })))
             .await
             .unwrap();
         let nobody = service_account_token(&client, &ns, "nobody").await;
         let viewer = service_account_token(&client, &ns, "viewer").await;
+        let server = service_account_token(&client, &ns, "fleetforge-ui").await;
+        let server_kubeconfig = work.path().join("fleetforge-ui.kubeconfig");
+        shared().write_token_kubeconfig(&server_kubeconfig, &server).unwrap();
 
-        // The server's own identity (it asks the reviews) is the admin's.
-        let view = FleetView::start(&admin_kubeconfig(), &["--auth", "token", "--namespace", &ns], &work.path().join("ui.log"));
+        // The Deployment's arguments, on a loopback port.
+        let deployment = find(&objects, "Deployment")[0];
+        let mut args: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .filter(|a| a != "ui" && !a.starts_with("--listen"))
+            .collect();
+        assert_eq!(args, ["--auth=token"]);
+        args.extend(["--namespace".to_string(), ns.clone()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let view = FleetView::start(&server_kubeconfig, &args, &work.path().join("ui.log"));
         let (status, body) = view.request("/", &[], None);
         assert_eq!(status, 401, "{body}");
-        assert!(body.contains("WWW-Authenticate: Bearer") || body.contains("www-authenticate: Bearer"), "{body}");
+        assert!(body.to_ascii_lowercase().contains("www-authenticate: bearer"), "{body}");
         assert!(!body.contains("listed"));
         let (status, _) = view.request("/", &[("Authorization", "Bearer not-a-token")], None);
         assert_eq!(status, 401);
@@ -440,13 +500,14 @@ async fn in_cluster_mode_admits_only_reviewed_tokens() {
 
         let bearer = format!("Bearer {viewer}");
         let (status, body) = view.request("/", &[("Authorization", &bearer)], None);
-        assert_eq!(status, 200, "{body}");
+        assert_eq!(status, 200, "{body}\n{}", view.process.log_tail());
         assert!(body.contains(&format!("data-key=\"Cluster/{ns}/listed\"")), "{body}");
         assert!(body.contains(&format!("system:serviceaccount:{ns}:viewer")), "{body}");
-        // Environments are not theirs to list, and not theirs to extend:
-        // the API server refuses, and the page says so.
+        // Someone else's environment: listed, not theirs to extend; the
+        // API server refuses, and the page says so.
         let (_, page) = view.request("/environments", &[("Authorization", &bearer)], None);
-        assert!(page.contains("Not permitted"), "{page}");
+        assert!(page.contains(&format!("data-key=\"{ns}/not-yours\"")), "{page}");
+        assert!(!page.contains("/extend"), "no actions on someone else's: {page}");
         let (_, login) = view.request("/login", &[], None);
         let csrf = login.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("the form token");
         let (status, refused) = view.request(
@@ -463,10 +524,8 @@ async fn in_cluster_mode_admits_only_reviewed_tokens() {
             Some("csrf=forged"),
         );
         assert_eq!(status, 403);
-        let environments: Api<Environment> = Api::namespaced(client.clone(), &ns);
         assert_eq!(environments.get("not-yours").await.unwrap().spec.ttl, "8h");
-        cluster_bindings.delete(&role_name, &DeleteParams::default()).await.unwrap();
-        cluster_roles.delete(&role_name, &DeleteParams::default()).await.unwrap();
+        cluster_bindings.delete(&user_binding, &DeleteParams::default()).await.unwrap();
     })
     .await;
 }

@@ -271,7 +271,7 @@ impl TokenSessions {
             Err(Refusal {
                 status: StatusCode::FORBIDDEN,
                 message: format!(
-                    "{username} may not use the fleet view: it needs get on ui.fleetforge.dev (ClusterRole fleetforge-ui-viewer)."
+                    "{username} may not use the fleet view: it needs get on ui.fleetforge.dev (the chart's ClusterRole fleetforge-ui-user)."
                 ),
             })
         }
