@@ -182,7 +182,11 @@ pub fn render(view: &View, fleet: &Fleet, viewer: &Viewer, events: &Events) -> P
                 now,
             )
         }
-        View::Tools(query) => page::tools::render(&fleet.tool_targets.listing(), query),
+        View::Tools(query) => page::tools::render(
+            &fleet.tool_targets.listing(),
+            &fleet.tool_installs.listing(),
+            query,
+        ),
         View::ToolTarget { namespace, name } => {
             let targets = fleet.tool_targets.listing();
             let found = targets

@@ -7,17 +7,57 @@ use std::fmt::Write;
 use super::{Page, Section, href, notices, options, pager, state_badge};
 use crate::html::{esc, url_encode};
 use crate::view::Listing;
-use crate::view::tools::{self, Columns, STATES, ToolTargetSummary, ToolsQuery, state_name};
+use crate::view::tools::{
+    self, Columns, STATES, ToolInstallSummary, ToolTargetSummary, ToolsQuery, state_name,
+};
 
-/// The matrix page.
-pub fn render(targets: &Listing<ToolTargetSummary>, query: &ToolsQuery) -> Page {
+/// The matrix page, with the ToolInstalls' own counts below it.
+pub fn render(
+    targets: &Listing<ToolTargetSummary>,
+    installs: &Listing<ToolInstallSummary>,
+    query: &ToolsQuery,
+) -> Page {
     let refs: Vec<&ToolTargetSummary> = targets.items.iter().map(|t| t.as_ref()).collect();
+    let mut live = live(&refs, targets, query);
+    live.push_str(&installs_html(installs, query));
     Page {
         title: "Tools".into(),
         section: Some(Section::Tools),
         controls: controls(&refs, query),
-        live: live(&refs, targets, query),
+        live,
     }
+}
+
+/// Every ToolInstall with what its status counts, folded away: a fleet
+/// where each cluster has a profile has as many as it has clusters.
+fn installs_html(installs: &Listing<ToolInstallSummary>, query: &ToolsQuery) -> String {
+    let mut out = notices("ToolInstalls", &installs.access);
+    let mut shown: Vec<&ToolInstallSummary> = installs
+        .items
+        .iter()
+        .map(|i| i.as_ref())
+        .filter(|i| query.namespace.is_empty() || i.namespace == query.namespace)
+        .collect();
+    shown.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let _ = write!(
+        out,
+        r#"<details class="installs"><summary>ToolInstalls ({})</summary><table class="grid"><thead><tr><th scope="col">ToolInstall</th><th scope="col">ToolSet</th><th scope="col">Targets</th><th scope="col">Deployed</th><th scope="col">Failed</th></tr></thead><tbody>"#,
+        shown.len()
+    );
+    for install in shown {
+        let _ = write!(
+            out,
+            r#"<tr><th scope="row">{} <span class="ns">{}</span></th><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+            esc(&install.name),
+            esc(&install.namespace),
+            esc(install.tool_set.as_deref().unwrap_or("inline tools")),
+            install.targets,
+            install.deployed,
+            install.failed
+        );
+    }
+    out.push_str("</tbody></table></details>");
+    out
 }
 
 fn controls(targets: &[&ToolTargetSummary], query: &ToolsQuery) -> String {
@@ -219,6 +259,7 @@ pub fn tool_target(namespace: &str, name: &str, found: Option<&ToolTargetSummary
 mod tests {
     use super::*;
     use crate::view::tools::tests::mk_tool_target;
+    use fleetforge_api::ToolInstall;
 
     #[test]
     fn cells_link_to_their_tool_target_with_the_message() {
@@ -229,7 +270,20 @@ mod tests {
             &[("web", Some("FAILED"), Some(r#"helm: "boom" <here>"#))],
         );
         let targets = Listing::ready(vec![ToolTargetSummary::from_tool_target(&tt)]);
-        let page = render(&targets, &ToolsQuery::default());
+        let install: ToolInstall = serde_json::from_value(serde_json::json!({
+            "apiVersion": "fleetforge.dev/v1alpha1", "kind": "ToolInstall",
+            "metadata": {"name": "dev-1-profile", "namespace": "p"},
+            "spec": {"toolSetRef": {"name": "dev"}, "targets": {"clusterNames": ["dev-1"]}},
+            "status": {"summary": {"targets": 1, "deployed": 0, "stale": 0, "failed": 1, "pending": 0, "unknown": 0}},
+        }))
+        .unwrap();
+        let installs = Listing::ready(vec![ToolInstallSummary::from_tool_install(&install)]);
+        let page = render(&targets, &installs, &ToolsQuery::default());
+        assert!(page.live.contains("<summary>ToolInstalls (1)</summary>"));
+        assert!(
+            page.live
+                .contains("<td>dev</td><td>1</td><td>0</td><td>1</td>")
+        );
         assert!(
             page.live
                 .contains(r#"href="/tooltargets/p/dev-1-profile-cluster-dev-1""#)
