@@ -1,7 +1,8 @@
 //! Which page a URL is, how it renders from a person's fleet, and how an
 //! open page is kept current: a Server-Sent Events stream per page that
-//! re-renders the page's live part after changes (at most one rendering
-//! per debounce interval, and only sent when it differs from the last).
+//! re-renders the page's live part after changes (at once after a quiet
+//! spell, then at most once per debounce interval while changes keep
+//! coming; sent only when it differs from the last).
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -241,6 +242,7 @@ struct Follow {
     last: String,
     first: bool,
     debounce: Duration,
+    rendered: tokio::time::Instant,
 }
 
 impl Drop for Follow {
@@ -252,8 +254,10 @@ impl Drop for Follow {
 }
 
 impl Follow {
-    /// Waits for a change (or the tick), then lets more arrive for the
-    /// debounce interval, so that a burst costs one rendering.
+    /// Waits for a change (or the tick). A change after a quiet spell is
+    /// rendered at once; one within the debounce interval of the last
+    /// rendering waits for the rest of it, so that a burst of changes
+    /// costs one rendering per interval.
     async fn next_change(&mut self) -> bool {
         let events_changed = async {
             match &mut self.events {
@@ -266,7 +270,7 @@ impl Follow {
             changed = events_changed => changed,
             _ = tokio::time::sleep(TICK) => true,
         };
-        tokio::time::sleep(self.debounce).await;
+        tokio::time::sleep_until(self.rendered + self.debounce).await;
         self.changes.mark_unchanged();
         if let Some((_, changes, _)) = &mut self.events {
             changes.mark_unchanged();
@@ -334,6 +338,7 @@ pub fn follow_view(
         last: since,
         first: true,
         debounce,
+        rendered: tokio::time::Instant::now(),
     };
     futures::stream::unfold(state, |mut state| async move {
         loop {
@@ -341,12 +346,15 @@ pub fn follow_view(
                 return None;
             }
             if state.first {
-                // The events' first list is on its way: give it the
-                // debounce interval, as any other change.
-                tokio::time::sleep(state.debounce).await;
+                if state.events.is_some() {
+                    // The events' first list is on its way: give it the
+                    // debounce interval, as any other change.
+                    tokio::time::sleep(state.debounce).await;
+                }
                 state.first = false;
             }
             let html = state.render();
+            state.rendered = tokio::time::Instant::now();
             let print = fingerprint(&html);
             if print != state.last {
                 state.last = print.clone();
