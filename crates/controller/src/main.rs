@@ -121,6 +121,8 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Ui(args) => {
+            // Logs say when a watch is refused or failing, and why.
+            let _telemetry = telemetry::init(cli.log_format)?;
             if let Err(error) = fleetforge_ui::run(args).await {
                 eprintln!("fleetforge ui: error: {error:#}");
                 std::process::exit(1);
