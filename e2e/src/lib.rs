@@ -14,7 +14,9 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
+pub mod browser;
 pub mod chart;
+pub mod fleet_view;
 pub mod image;
 pub mod local;
 pub mod nop;

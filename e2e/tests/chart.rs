@@ -112,6 +112,47 @@ fn the_chart_lints_clean_and_renders_a_locked_down_deployment_with_leader_electi
         find(&objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["image"],
         format!("ghcr.io/fleetforge/fleetforge@{digest}")
     );
+
+    // The fleet view, when asked for: its own Deployment, whose pods the
+    // controller's selector never picks up, locked down the same way, in
+    // token mode (its RBAC is exercised in e2e/tests/ui.rs).
+    let objects = render(&[
+        "--set",
+        "ui.enabled=true",
+        "--set",
+        "ui.namespaces={team-a}",
+    ]);
+    let deployments = find(&objects, "Deployment");
+    assert_eq!(deployments.len(), 2);
+    let (controller, ui) = (deployments[0], deployments[1]);
+    assert_eq!(ui["metadata"]["name"], "fleetforge-ui");
+    let ui_labels = &ui["spec"]["template"]["metadata"]["labels"];
+    let controller_selector = controller["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap();
+    assert!(
+        controller_selector
+            .iter()
+            .any(|(key, value)| ui_labels[key] != *value),
+        "the controller's selector must not match the fleet view's pods"
+    );
+    let container = &ui["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["args"],
+        json!([
+            "ui",
+            "--auth=token",
+            "--listen=0.0.0.0:8090",
+            "--namespace=team-a"
+        ])
+    );
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        ui["spec"]["template"]["spec"]["serviceAccountName"],
+        "fleetforge-ui"
+    );
+    assert_eq!(find(&objects, "Service").len(), 2);
+    assert_eq!(find(&objects, "ClusterRole").len(), 6);
 }
 
 #[test]
@@ -130,6 +171,7 @@ fn bad_values_fail_at_install_naming_the_field() {
             "/tracing/otlpEndpoint",
         ),
         ("replica=2", "replica"),
+        ("ui.port=0", "/ui/port"),
     ] {
         let output = helm(&["template", "x", chart.to_str().unwrap(), "--set", value]);
         let said = String::from_utf8_lossy(&output.stderr);

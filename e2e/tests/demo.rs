@@ -13,21 +13,25 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use fleetforge_e2e::browser::Browser;
 use fleetforge_e2e::{fleetforge_bin, kubectl, run_ok, workspace_root};
 use fleetforge_testenv::{free_port, pids_mentioning, tools};
 
-fn demo(home: &Path, port: u16, args: &[&str]) -> String {
+/// Runs `scripts/demo ARGS` with the controller's metrics on `port` and
+/// the fleet view on `ui_port`: (stdout, stderr).
+fn demo(home: &Path, port: u16, ui_port: u16, args: &[&str]) -> (String, String) {
     let output = run_ok(
         Command::new(workspace_root().join("scripts/demo"))
             .args(args)
             .env("FLEETFORGE_HOME", home)
             .env("FLEETFORGE_BIN", fleetforge_bin())
             .env("FLEETFORGE_METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .env("FLEETFORGE_UI_ADDR", format!("127.0.0.1:{ui_port}"))
             .env("CI", "true"),
     );
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     eprintln!("{stderr}");
-    String::from_utf8(output.stdout).unwrap()
+    (String::from_utf8(output.stdout).unwrap(), stderr)
 }
 
 /// `fleetforge plan PATH` against the management cluster: its exit code
@@ -227,14 +231,51 @@ fn the_demo_runs_the_platform_on_local_clusters() {
     let home = tempfile::tempdir().unwrap();
     let home_text = home.path().to_string_lossy().to_string();
     let port = free_port().unwrap();
+    let ui_port = free_port().unwrap();
     let _down = DemoDown {
         home: home.path().to_path_buf(),
         port,
     };
 
     let started = Instant::now();
-    let management = kubeconfig_from(&demo(home.path(), port, &[]));
+    let (stdout, stderr) = demo(home.path(), port, ui_port, &[]);
+    let management = kubeconfig_from(&stdout);
     eprintln!("demo up took {:?}", started.elapsed());
+    // The demo ends with the fleet view's address, and the view, started
+    // with it, lists the demo's clusters in a browser, with the phases
+    // the API server has.
+    let url = format!("http://127.0.0.1:{ui_port}/");
+    assert!(
+        stderr
+            .trim_end()
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains(&url)),
+        "{stderr}"
+    );
+    let browser = Browser::start(&home.path().join("browser"), 1400, 900);
+    browser.navigate(&url);
+    let rows = browser.wait_for(
+        "the demo's clusters in the fleet view",
+        Duration::from_secs(60),
+        "return Array.from(document.querySelectorAll('#live table.fleet tbody tr[data-key]')).map(r => r.dataset.key + ' ' + r.querySelector('td.phase').textContent.trim());",
+        |v| v.as_array().is_some_and(|rows| rows.len() == 3),
+    );
+    let phases = kubectl(
+        &management,
+        &[
+            "get",
+            "clusters",
+            "-A",
+            "-o",
+            "jsonpath={range .items[*]}Cluster/{.metadata.namespace}/{.metadata.name} {.status.phase}{\"\\n\"}{end}",
+        ],
+    );
+    let mut want: Vec<&str> = phases.lines().collect();
+    want.sort();
+    assert_eq!(rows, serde_json::json!(want));
+    assert!(want.iter().all(|row| row.ends_with(" Ready")), "{want:?}");
+    drop(browser);
     assert!(
         management.starts_with(&home_text),
         "{}",
@@ -661,7 +702,10 @@ fn the_demo_runs_the_platform_on_local_clusters() {
 
     // A second run keeps the same control plane and controller.
     let pid = std::fs::read_to_string(home.path().join("controller.pid")).unwrap();
-    assert_eq!(kubeconfig_from(&demo(home.path(), port, &[])), management);
+    assert_eq!(
+        kubeconfig_from(&demo(home.path(), port, ui_port, &[]).0),
+        management
+    );
     assert_eq!(
         std::fs::read_to_string(home.path().join("controller.pid")).unwrap(),
         pid
@@ -757,9 +801,13 @@ fn the_demo_runs_the_platform_on_local_clusters() {
     assert!(!dev1_dir.exists(), "{} remains", dev1_dir.display());
     assert!(pids_mentioning(&dev1_dir.display().to_string()).is_empty());
 
-    demo(home.path(), port, &["down"]);
+    demo(home.path(), port, ui_port, &["down"]);
     wait_for("no process left", Duration::from_secs(20), || {
         let left = pids_mentioning(&home_text);
         left.is_empty().then_some(()).ok_or(format!("{left:?}"))
     });
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", ui_port)).is_err(),
+        "the fleet view stopped with the demo"
+    );
 }

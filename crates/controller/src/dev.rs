@@ -5,8 +5,11 @@
 //! Ready; `down` stops the controller and removes every local cluster and
 //! the management control plane. Both are idempotent.
 //!
+//! `up` also starts the fleet view (`fleetforge ui`, see `dev_ui`).
+//!
 //! Everything lives under the fleetforge home (`FLEETFORGE_HOME`, default
 //! `~/.fleetforge`): `kubeconfig`, `controller.pid`, `controller.log`,
+//! `ui.pid`, `ui.log`,
 //! `management/` (the control plane), `clusters/` (the local provider's
 //! clusters) and `kubeconfigs/` (one per Cluster, for people).
 
@@ -54,6 +57,10 @@ pub struct UpArgs {
         env = "FLEETFORGE_METRICS_ADDR"
     )]
     pub metrics_addr: SocketAddr,
+    /// Address of the fleet view (`fleetforge ui`), started with the
+    /// controller.
+    #[arg(long, default_value = "127.0.0.1:8090", env = "FLEETFORGE_UI_ADDR")]
+    pub ui_addr: SocketAddr,
     /// How long to wait for the applied Clusters to become Ready, in seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
@@ -116,7 +123,7 @@ impl Home {
     }
 }
 
-fn say(message: impl std::fmt::Display) {
+pub(crate) fn say(message: impl std::fmt::Display) {
     eprintln!("fleetforge dev: {message}");
 }
 
@@ -182,6 +189,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     // on the same port, or this one before its CRDs) is stale now.
     access.forget_kubectl_cache();
     start_controller(&home, &args)?;
+    crate::dev_ui::start(&home.dir, &home.kubeconfig(), args.ui_addr)?;
 
     let mut clusters = Vec::new();
     if let Some(path) = &args.apply {
@@ -242,12 +250,18 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         home.log_file().display()
     );
     println!("export KUBECONFIG={}", home.kubeconfig().display());
+    say(format!(
+        "the fleet view is at http://{}/ (log {})",
+        args.ui_addr,
+        crate::dev_ui::log_file(&home.dir).display()
+    ));
     Ok(())
 }
 
 /// `fleetforge dev down`.
 pub async fn down(args: DownArgs) -> anyhow::Result<()> {
     let home = Home::open(&args.tools_bin)?;
+    crate::dev_ui::stop(&home.dir)?;
     stop_controller(&home)?;
     for name in home.clusters.clusters() {
         say(format!("deleting local cluster {name}"));
@@ -373,7 +387,7 @@ fn start_controller(home: &Home, args: &UpArgs) -> anyhow::Result<()> {
 /// Whether process `pid` runs the same executable as this process (a
 /// rebuilt binary replaces the file, so the old process's link reads
 /// `... (deleted)`).
-fn runs_this_binary(pid: u32) -> bool {
+pub(crate) fn runs_this_binary(pid: u32) -> bool {
     let theirs = std::fs::read_link(format!("/proc/{pid}/exe"));
     let ours = std::fs::read_link("/proc/self/exe");
     matches!((theirs, ours), (Ok(a), Ok(b)) if a == b)
@@ -397,7 +411,7 @@ fn stop_controller(home: &Home) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn signal(pid: u32, name: &str) {
+pub(crate) fn signal(pid: u32, name: &str) {
     let _ = Command::new("kill")
         .arg(format!("-{name}"))
         .arg(pid.to_string())
@@ -405,7 +419,7 @@ fn signal(pid: u32, name: &str) {
 }
 
 /// A plain HTTP/1.0 GET on loopback answering 200.
-fn http_ok(addr: SocketAddr, path: &str) -> bool {
+pub(crate) fn http_ok(addr: SocketAddr, path: &str) -> bool {
     let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
     else {
         return false;

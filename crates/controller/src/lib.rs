@@ -3,6 +3,7 @@
 
 pub mod crdgen;
 pub mod dev;
+pub mod dev_ui;
 pub mod env;
 pub mod home;
 pub mod leader;

@@ -63,6 +63,10 @@ enum Command {
         #[command(subcommand)]
         command: rollout::RolloutCommand,
     },
+    /// The fleet view in a browser: Clusters and VirtualClusters, the
+    /// tools matrix, environments and rollouts, live, read with your
+    /// kubeconfig's identity (or, in a cluster, each person's token).
+    Ui(fleetforge_ui::UiArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,6 +117,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Rollout { common, command } => {
             if let Err(error) = rollout::run(common, command).await {
                 eprintln!("fleetforge rollout: error: {error:#}");
+                std::process::exit(1);
+            }
+        }
+        Command::Ui(args) => {
+            // Logs say when a watch is refused or failing, and why.
+            let _telemetry = telemetry::init(cli.log_format)?;
+            if let Err(error) = fleetforge_ui::run(args).await {
+                eprintln!("fleetforge ui: error: {error:#}");
                 std::process::exit(1);
             }
         }

@@ -13,6 +13,12 @@ app.kubernetes.io/name: fleetforge
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* What selects the fleet view's pods (never the controller's). */}}
+{{- define "fleetforge.uiSelector" -}}
+app.kubernetes.io/name: fleetforge-ui
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
 {{/* The image reference: the digest when given, else the tag (default: appVersion). */}}
 {{- define "fleetforge.image" -}}
 {{- if .Values.image.digest -}}
