@@ -579,7 +579,7 @@ fn install_lines(ti: &ToolInstall, live: &World, world: &World) -> Vec<String> {
     let mut lines = Vec::new();
     for (target, object) in &chosen {
         let note = held_by(target, *object);
-        let desired = desired_child(ti, &tools, target);
+        let desired = desired_child(ti, &tools, target, None);
         let Ok(new) = serde_json::from_value::<ToolTargetSpec>(desired["spec"].clone()) else {
             continue;
         };

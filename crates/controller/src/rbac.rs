@@ -180,10 +180,12 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
         ),
         role(
             LEADER_ELECTION_ROLE,
+            // Leader election; sharing shards: list the group's Leases,
+            // remove its membership Lease when a replica leaves.
             vec![rule(
                 "coordination.k8s.io",
                 &["leases"],
-                &["get", "create", "update"],
+                &["get", "list", "create", "update", "delete"],
             )],
         ),
     ]

@@ -12,6 +12,9 @@ use fleetforge_api::{Cluster, VirtualCluster};
 use fleetforge_core::{Metrics, Options};
 use fleetforge_provider_local::LocalOptions;
 use fleetforge_runtime::clients::TargetClients;
+use fleetforge_runtime::ready::gate;
+use fleetforge_runtime::sharding::{Membership, ShardMetrics, Timing as ShardTiming};
+use fleetforge_runtime::shards::Shards;
 use fleetforge_runtime::{ControllerMetrics, Readiness, Runtime, Supervisor};
 use kube::Client;
 use prometheus_client::registry::Registry;
@@ -39,6 +42,13 @@ pub struct ControllerArgs {
     /// Namespace of the leader-election Lease (default: POD_NAMESPACE, else `default`).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
+    /// Share the fleet between replicas in this many shards (0: one
+    /// leader does all the work). Every replica runs with the same value;
+    /// each acts on the Clusters and ToolTargets of the shards it owns,
+    /// and the leader also runs the controllers that need the whole
+    /// fleet. Needs --leader-elect.
+    #[arg(long, env = "FLEETFORGE_SHARDS", default_value_t = 0)]
+    pub shards: u32,
     /// Only manage objects in this namespace (default: all namespaces).
     #[arg(long)]
     pub namespace: Option<String>,
@@ -136,6 +146,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::register(&mut registry));
     let tool_metrics = Arc::new(fleetforge_tools::ToolMetrics::register(&mut registry));
     let rollout_metrics = Arc::new(fleetforge_rollouts::RolloutMetrics::register(&mut registry));
+    let shard_metrics = ShardMetrics::register(&mut registry);
     let readiness = Arc::new(Readiness::default());
     let health = Arc::new(Health {
         readiness: readiness.clone(),
@@ -159,49 +170,103 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     tracing::info!(server = %version.git_version, "connected to the API server");
     readiness.set_connected();
 
+    if args.shards > 0 && !args.leader_elect {
+        anyhow::bail!(
+            "--shards {} needs --leader-elect=true: one replica runs the controllers that need the whole fleet",
+            args.shards
+        );
+    }
+    let shards = if args.shards > 0 {
+        Shards::new(args.shards)
+    } else {
+        Shards::whole()
+    };
+    let runtime = runtime.with_shards(shards.clone());
+    let identity = identity();
     let candidate = args.leader_elect.then(|| {
         Candidate::new(
             client.clone(),
             &args.lease_namespace,
             &args.lease_name,
-            &identity(),
+            &identity,
             Timing::default(),
         )
     });
-    match &candidate {
-        Some(candidate) => tokio::select! {
-            () = candidate.acquire() => {}
-            () = runtime.stopped() => return Ok(()),
-        },
-        None => tracing::info!(
-            "leader election is off (--leader-elect=false): this process acts as the only controller, and keeps running while the API server is unreachable"
-        ),
-    }
-
-    // Leadership lost stops every controller, then the process fails.
+    // Opens once this replica leads (and, sharded, watches the whole
+    // fleet): the controllers that need every object wait for it.
+    let (lead, leading) = gate();
     let lost = Arc::new(AtomicBool::new(false));
-    if let Some(candidate) = candidate.clone() {
-        let lost = lost.clone();
-        let stop = stop.clone();
-        let stopped = runtime.stopped();
-        tokio::spawn(async move {
+    // One watch and one cache per kind, however many controllers read it;
+    // sharded, of the shards this replica owns until it leads.
+    let informers = match shards.count() {
+        Some(_) => fleetforge_core::watch::Informers::selected(
+            &client,
+            args.namespace.as_deref(),
+            &shards.selection(),
+        ),
+        None => fleetforge_core::watch::Informers::new(&client, args.namespace.as_deref()),
+    };
+    match (&candidate, shards.count()) {
+        (Some(candidate), None) => {
             tokio::select! {
-                () = stopped => {}
-                () = candidate.hold() => {
-                    lost.store(true, Ordering::Relaxed);
-                    let _ = stop.send(true);
-                }
+                () = candidate.acquire() => {}
+                () = runtime.stopped() => return Ok(()),
             }
-        });
+            lead.open();
+            hold(candidate.clone(), &runtime, &stop, &lost);
+        }
+        (Some(candidate), Some(_)) => {
+            // Every replica works on its shards at once; the one that wins
+            // the election also runs the fleet-wide controllers.
+            let (candidate, runtime, stop, lost) = (
+                candidate.clone(),
+                runtime.clone(),
+                stop.clone(),
+                lost.clone(),
+            );
+            let (shards, informers) = (shards.clone(), informers.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = candidate.acquire() => {}
+                    () = runtime.stopped() => return,
+                }
+                shards.watch_everything();
+                tokio::select! {
+                    () = informers.listed_everything() => {}
+                    () = runtime.stopped() => return,
+                }
+                tracing::info!("watching the whole fleet: starting the fleet-wide controllers");
+                lead.open();
+                hold(candidate, &runtime, &stop, &lost);
+            });
+        }
+        (None, _) => {
+            tracing::info!(
+                "leader election is off (--leader-elect=false): this process acts as the only controller, and keeps running while the API server is unreachable"
+            );
+            lead.open();
+        }
     }
     tracing::info!(
         namespace = args.namespace.as_deref().unwrap_or("all"),
+        shards = args.shards,
         "starting controllers"
     );
     let mut supervisor = Supervisor::new(readiness, stopping);
+    // Starts `controller` once this replica leads; stopping before, it
+    // never starts.
+    let fleet_wide = |controller: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), String>> + Send>,
+    >| {
+        let (leading, stopped) = (leading.clone(), runtime.stopped());
+        async move {
+            tokio::select! {
+                _ = leading.wait() => controller.await,
+                () = stopped => Ok(()),
+            }
+        }
+    };
     let targets = Arc::new(TargetClients::new());
-    // One watch and one cache per kind, however many controllers read it.
-    let informers = fleetforge_core::watch::Informers::new(&client, args.namespace.as_deref());
     {
         let informers = informers.clone();
         let stopped = runtime.stopped();
@@ -212,6 +277,30 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             }
             Ok(())
         });
+    }
+    if let Some(count) = shards.count() {
+        let membership = Membership::new(
+            client.clone(),
+            &args.lease_namespace,
+            &args.lease_name,
+            &identity,
+            ShardTiming::default(),
+            shards.clone(),
+            shard_metrics,
+        );
+        let stopped = runtime.stopped();
+        supervisor.spawn("Sharding", async move {
+            membership.run(stopped).await;
+            Ok(())
+        });
+        let (client, informers) = (client.clone(), informers.clone());
+        supervisor.spawn(
+            "ShardLabels",
+            fleet_wide(Box::pin(async move {
+                fleetforge_core::shard::label(client, &informers, count).await;
+                Ok(())
+            })),
+        );
     }
     {
         let (runtime, client) = (runtime.clone(), client.clone());
@@ -231,10 +320,13 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     }
     {
         let (runtime, client) = (runtime.clone(), client.clone());
-        supervisor.spawn("ToolSet", async move {
-            fleetforge_core::toolset::run(&runtime, client).await;
-            Ok(())
-        });
+        supervisor.spawn(
+            "ToolSet",
+            fleet_wide(Box::pin(async move {
+                fleetforge_core::toolset::run(&runtime, client).await;
+                Ok(())
+            })),
+        );
     }
     let (drivers, drifted) = fleetforge_tools::drivers(
         helm_binary(&args.tools_bin),
@@ -243,18 +335,28 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         tool_metrics,
     )
     .map_err(anyhow::Error::msg)?;
+    let tool_options = fleetforge_tools::ToolOptions {
+        helm: helm_binary(&args.tools_bin),
+        namespace: args.namespace.clone(),
+        charts_dir: absolute(&args.charts_dir),
+        max_helm_processes: args.max_helm_processes,
+    };
     {
         let (runtime, client) = (runtime.clone(), client.clone());
-        let options = fleetforge_tools::ToolOptions {
-            helm: helm_binary(&args.tools_bin),
-            namespace: args.namespace.clone(),
-            charts_dir: absolute(&args.charts_dir),
-            max_helm_processes: args.max_helm_processes,
-        };
-        let drivers = drivers.clone();
-        let informers = informers.clone();
-        supervisor.spawn("ToolInstall", async move {
-            fleetforge_tools::run_with(&runtime, client, &informers, options, drivers, drifted)
+        let (options, informers) = (tool_options.clone(), informers.clone());
+        supervisor.spawn(
+            "ToolInstall",
+            fleet_wide(Box::pin(async move {
+                fleetforge_tools::run_installs(&runtime, client, &informers, &options).await;
+                Ok(())
+            })),
+        );
+    }
+    {
+        let (runtime, client) = (runtime.clone(), client.clone());
+        let (options, informers, drivers) = (tool_options, informers.clone(), drivers.clone());
+        supervisor.spawn("ToolTarget", async move {
+            fleetforge_tools::run_targets(&runtime, client, &informers, &options, drivers, drifted)
                 .await;
             Ok(())
         });
@@ -263,25 +365,32 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         let (runtime, client) = (runtime.clone(), client.clone());
         let namespace = args.namespace.clone();
         let clusters = informers.clusters.clone();
-        supervisor.spawn("ClusterProfile", async move {
-            fleetforge_tools::profile::run::<Cluster>(&runtime, client, &clusters, namespace).await;
-            Ok(())
-        });
+        supervisor.spawn(
+            "ClusterProfile",
+            fleet_wide(Box::pin(async move {
+                fleetforge_tools::profile::run::<Cluster>(&runtime, client, &clusters, namespace)
+                    .await;
+                Ok(())
+            })),
+        );
     }
     {
         let (runtime, client) = (runtime.clone(), client.clone());
         let namespace = args.namespace.clone();
         let virtual_clusters = informers.virtual_clusters.clone();
-        supervisor.spawn("VirtualClusterProfile", async move {
-            fleetforge_tools::profile::run::<VirtualCluster>(
-                &runtime,
-                client,
-                &virtual_clusters,
-                namespace,
-            )
-            .await;
-            Ok(())
-        });
+        supervisor.spawn(
+            "VirtualClusterProfile",
+            fleet_wide(Box::pin(async move {
+                fleetforge_tools::profile::run::<VirtualCluster>(
+                    &runtime,
+                    client,
+                    &virtual_clusters,
+                    namespace,
+                )
+                .await;
+                Ok(())
+            })),
+        );
     }
     {
         let (runtime, client) = (runtime.clone(), client.clone());
@@ -291,35 +400,41 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         };
         let (helm, targets) = (drivers.helm.clone(), targets.clone());
         let virtual_clusters = informers.virtual_clusters.clone();
-        supervisor.spawn("VirtualCluster", async move {
-            fleetforge_provider_vcluster::run(
-                &runtime,
-                client,
-                &virtual_clusters,
-                options,
-                helm,
-                targets,
-            )
-            .await
-        });
+        supervisor.spawn(
+            "VirtualCluster",
+            fleet_wide(Box::pin(async move {
+                fleetforge_provider_vcluster::run(
+                    &runtime,
+                    client,
+                    &virtual_clusters,
+                    options,
+                    helm,
+                    targets,
+                )
+                .await
+            })),
+        );
     }
     {
         let (runtime, client) = (runtime.clone(), client.clone());
         let namespace = args.namespace.clone();
         let informers = informers.clone();
         let drivers = drivers.clone();
-        supervisor.spawn("FleetRollout", async move {
-            fleetforge_rollouts::run(
-                &runtime,
-                client,
-                &informers,
-                namespace.as_deref(),
-                rollout_metrics,
-                Some(drivers),
-            )
-            .await;
-            Ok(())
-        });
+        supervisor.spawn(
+            "FleetRollout",
+            fleet_wide(Box::pin(async move {
+                fleetforge_rollouts::run(
+                    &runtime,
+                    client,
+                    &informers,
+                    namespace.as_deref(),
+                    rollout_metrics,
+                    Some(drivers),
+                )
+                .await;
+                Ok(())
+            })),
+        );
     }
     {
         let (runtime, client) = (runtime.clone(), client.clone());
@@ -328,10 +443,13 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             max_per_owner: args.max_environments_per_owner,
             sizes: Arc::new(crate::providers::clusters(&args.local())),
         };
-        supervisor.spawn("Environment", async move {
-            fleetforge_environments::run(&runtime, client, options, targets).await;
-            Ok(())
-        });
+        supervisor.spawn(
+            "Environment",
+            fleet_wide(Box::pin(async move {
+                fleetforge_environments::run(&runtime, client, options, targets).await;
+                Ok(())
+            })),
+        );
     }
     let supervised = supervisor.wait().await;
     let _ = stop.send(true);
@@ -353,6 +471,26 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Holds the leadership until it is lost, then stops every controller
+/// (the process then fails, to be restarted).
+fn hold(
+    candidate: Candidate,
+    runtime: &Runtime,
+    stop: &watch::Sender<bool>,
+    lost: &Arc<AtomicBool>,
+) {
+    let (lost, stop, stopped) = (lost.clone(), stop.clone(), runtime.stopped());
+    tokio::spawn(async move {
+        tokio::select! {
+            () = stopped => {}
+            () = candidate.hold() => {
+                lost.store(true, Ordering::Relaxed);
+                let _ = stop.send(true);
+            }
+        }
+    });
 }
 
 /// Turns SIGTERM and SIGINT into the stop signal.

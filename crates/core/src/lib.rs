@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod provider;
 pub mod ratelimit;
 pub mod selector;
+pub mod shard;
 pub mod toolset;
 pub mod watch;
 

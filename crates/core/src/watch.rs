@@ -7,8 +7,10 @@ use std::fmt::Debug;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use fleetforge_api::{Cluster, VirtualCluster};
+use fleetforge_api::{Cluster, ToolTarget, VirtualCluster};
 use fleetforge_runtime::informer::Informer;
+use fleetforge_runtime::shards::Selection;
+use tokio::sync::watch;
 
 use futures::{Stream, StreamExt};
 use kube::api::Api;
@@ -18,31 +20,59 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 /// The process's one informer of each kind several controllers follow:
-/// Clusters (the engine, the tools fan-out, the profile controller) and
+/// Clusters (the engine, the tools fan-out, the profile controller),
 /// VirtualClusters (their controller, the tools fan-out, the profile
-/// controller). Made before the controllers, run beside them.
+/// controller) and ToolTargets (their controller, the ToolInstalls'
+/// summaries, rollouts). Made before the controllers, run beside them.
+/// Sharded, each watches what the replica's [`Selection`] says.
 #[derive(Debug, Clone)]
 pub struct Informers {
-    /// Every Cluster in scope.
+    /// The Clusters in scope.
     pub clusters: Arc<Informer<Cluster>>,
-    /// Every VirtualCluster in scope.
+    /// The VirtualClusters in scope.
     pub virtual_clusters: Arc<Informer<VirtualCluster>>,
+    /// The ToolTargets in scope.
+    pub tool_targets: Arc<Informer<ToolTarget>>,
 }
 
 impl Informers {
-    /// Informers of the objects in `namespace` (all when None).
+    /// Informers of every object in `namespace` (all when None).
     pub fn new(client: &Client, namespace: Option<&str>) -> Self {
         Self {
             clusters: Informer::new(scoped(client, namespace)),
             virtual_clusters: Informer::new(scoped(client, namespace)),
+            tool_targets: Informer::new(scoped(client, namespace)),
         }
+    }
+
+    /// Informers of the objects in `namespace` (all when None) that
+    /// `selection` selects, as it changes.
+    pub fn selected(
+        client: &Client,
+        namespace: Option<&str>,
+        selection: &watch::Receiver<Selection>,
+    ) -> Self {
+        Self {
+            clusters: Informer::selected(scoped(client, namespace), selection.clone()),
+            virtual_clusters: Informer::selected(scoped(client, namespace), selection.clone()),
+            tool_targets: Informer::selected(scoped(client, namespace), selection.clone()),
+        }
+    }
+
+    /// Waits until each cache holds every object (after the replica's
+    /// selection became all).
+    pub async fn listed_everything(&self) {
+        self.clusters.listed_everything().wait().await;
+        self.virtual_clusters.listed_everything().wait().await;
+        self.tool_targets.listed_everything().wait().await;
     }
 
     /// Runs every watch until the process stops.
     pub async fn run(&self) {
         tokio::join!(
             self.clusters.clone().run(),
-            self.virtual_clusters.clone().run()
+            self.virtual_clusters.clone().run(),
+            self.tool_targets.clone().run()
         );
     }
 }

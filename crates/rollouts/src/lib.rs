@@ -662,7 +662,8 @@ pub async fn run(
         .into_stream()
         .map(|change| match change {
             fleetforge_runtime::informer::Change::Applied(c)
-            | fleetforge_runtime::informer::Change::Deleted(c) => c,
+            | fleetforge_runtime::informer::Change::Deleted(c)
+            | fleetforge_runtime::informer::Change::Left(c) => c,
         });
     let controller = Controller::for_stream(rollout_events, rollout_store)
         .watches_shared_stream(clusters, move |c: Arc<Cluster>| by_cluster(c.namespace()))

@@ -91,7 +91,12 @@ pub(crate) fn round(ctx: &Context, rollout: &FleetRollout) -> Result<Round, Refu
             |(reason, message)| (reason, format!("ToolInstall {}: {message}", ti.name_any())),
         )?;
         for tt in tool_targets.iter().filter(|tt| child_of(tt, &ti)) {
-            let desired = desired_child(&ti, &tools, &tt.spec.target);
+            // The shard stays as the ToolInstall controller wrote it.
+            let shard = tt
+                .labels()
+                .get(fleetforge_runtime::shards::SHARD_LABEL)
+                .and_then(|s| s.parse().ok());
+            let desired = desired_child(&ti, &tools, &tt.spec.target, shard);
             let (candidate, forward, back) = candidate(ctx, rollout, &revision, tt, desired);
             changes.0.insert(candidate.name.clone(), (forward, back));
             candidates.push(candidate);

@@ -19,15 +19,18 @@ use tracing::Instrument;
 use crate::backoff::{BackoffSettings, Backoffs};
 use crate::error::ReconcileError;
 use crate::metrics::{ControllerLabels, ControllerMetrics, ErrorLabels, ResultLabels};
+use crate::shards::Shards;
 
 /// What every controller of a process shares: metrics, the stop signal,
-/// the backoff bounds and how many passes a controller runs at once.
+/// the backoff bounds, how many passes a controller runs at once, and the
+/// shards of the fleet this replica owns.
 #[derive(Debug, Clone)]
 pub struct Runtime {
     metrics: Arc<ControllerMetrics>,
     stopping: watch::Receiver<bool>,
     backoff: BackoffSettings,
     concurrency: u16,
+    shards: Arc<Shards>,
 }
 
 impl Runtime {
@@ -38,7 +41,20 @@ impl Runtime {
             stopping,
             backoff: BackoffSettings::default(),
             concurrency: 32,
+            shards: Shards::whole(),
         }
+    }
+
+    /// Sharded controllers act only on the objects of `shards` this
+    /// replica owns (by default: every object).
+    pub fn with_shards(mut self, shards: Arc<Shards>) -> Self {
+        self.shards = shards;
+        self
+    }
+
+    /// The shards this replica owns.
+    pub fn shards(&self) -> &Arc<Shards> {
+        &self.shards
     }
 
     /// Errors back off between `min` and `max`.
@@ -94,9 +110,65 @@ impl Runtime {
         F: Fn(Arc<K>, Arc<Ctx>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Action, E>> + Send + 'static,
     {
+        self.run_in(name, controller, context, reconcile, None)
+    }
+
+    /// As [`Runtime::run`] for objects shared out between replicas, each in
+    /// the shard `shard` says (of the count given; None: in no shard yet,
+    /// so nobody's): a pass runs only inside a shard this replica owns
+    /// (the others are not passes here: not counted, not timed), and
+    /// gaining a shard passes over every object in the cache.
+    pub fn run_sharded<K, Ctx, E, F, Fut>(
+        &self,
+        name: &'static str,
+        controller: Controller<K>,
+        context: Arc<Ctx>,
+        shard: fn(&K, u32) -> Option<u32>,
+        reconcile: F,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        Ctx: Send + Sync + 'static,
+        E: ReconcileError,
+        F: Fn(Arc<K>, Arc<Ctx>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Action, E>> + Send + 'static,
+    {
+        let controller = if self.shards.count().is_some() {
+            controller.reconcile_all_on(self.shards.gained())
+        } else {
+            controller
+        };
+        self.run_in(name, controller, context, reconcile, Some(shard))
+    }
+
+    fn run_in<K, Ctx, E, F, Fut>(
+        &self,
+        name: &'static str,
+        controller: Controller<K>,
+        context: Arc<Ctx>,
+        reconcile: F,
+        shard: Option<fn(&K, u32) -> Option<u32>>,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        Ctx: Send + Sync + 'static,
+        E: ReconcileError,
+        F: Fn(Arc<K>, Arc<Ctx>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Action, E>> + Send + 'static,
+    {
         let store = controller.store();
+        let shards = self.shards.clone();
+        // Objects this replica acts on: those of its shards.
         self.metrics
-            .count_objects(name, move || store.state().len());
+            .count_objects(name, move || match (shard, shards.count()) {
+                (Some(shard), Some(count)) => store
+                    .state()
+                    .iter()
+                    .filter(|obj| shard(obj, count).is_some_and(|s| shards.owns(s)))
+                    .count(),
+                _ => store.state().len(),
+            });
+        let shards = self.shards.clone();
         let shared = Arc::new(Shared::<K> {
             name,
             metrics: self.metrics.clone(),
@@ -111,7 +183,20 @@ impl Runtime {
                 move |obj: Arc<K>, ctx: Arc<Ctx>| {
                     let shared = shared.clone();
                     let reconcile = reconcile.clone();
+                    let entered = match (shard, shards.count()) {
+                        (Some(shard), Some(count)) => {
+                            shard(&obj, count).and_then(|s| shards.enter(s))
+                        }
+                        _ => None,
+                    };
+                    let elsewhere =
+                        shard.is_some() && shards.count().is_some() && entered.is_none();
                     async move {
+                        if elsewhere {
+                            // Another replica's: its change reaches that
+                            // replica's own watch.
+                            return Ok(Action::await_change());
+                        }
                         let labels = ControllerLabels { controller: name };
                         let in_flight = shared.metrics.in_flight.get_or_create(&labels).clone();
                         in_flight.inc();
@@ -138,6 +223,7 @@ impl Runtime {
                         };
                         in_flight.dec();
                         shared.finished(&*obj, &result, started);
+                        drop(entered);
                         result
                     }
                 },

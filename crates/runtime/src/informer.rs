@@ -13,8 +13,13 @@
 //! delete; one subscribed after the first list first gets what the store
 //! holds. Subscribers filter for what counts as a change to them with
 //! [`Subscription::changes_by`], as `predicate_filter` does on a watch.
+//!
+//! An informer of sharded objects follows a [`Selection`]: when the shards
+//! this replica owns change, its watch starts again with the new label
+//! selector, and subscribers are told of objects that left the selection
+//! ([`Change::Left`]; they still exist, another replica has them).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -26,8 +31,10 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::watch;
 
 use crate::ready::{Gate, Opener, gate};
+use crate::shards::Selection;
 
 /// What a subscriber is told.
 #[derive(Debug)]
@@ -36,6 +43,9 @@ pub enum Change<K> {
     Applied(Arc<K>),
     /// The object is gone; its last state.
     Deleted(Arc<K>),
+    /// The object left this informer's selection (it belongs to a shard
+    /// another replica owns now); its last state here.
+    Left(Arc<K>),
 }
 
 /// One watch of kind `K` and its cache; see the module documentation.
@@ -50,6 +60,9 @@ where
     subscribers: Mutex<Vec<UnboundedSender<Change<K>>>>,
     opener: Opener,
     listed: Gate,
+    selection: Option<watch::Receiver<Selection>>,
+    everything_opener: Opener,
+    everything: Gate,
 }
 
 impl<K> Debug for Informer<K>
@@ -72,8 +85,19 @@ where
     /// An informer over `api` (all namespaces, or one); nothing is watched
     /// until [`Informer::run`].
     pub fn new(api: Api<K>) -> Arc<Self> {
+        Self::with_selection(api, None)
+    }
+
+    /// An informer over `api` that watches only `selection` (all objects
+    /// when None), starting again whenever it changes.
+    pub fn selected(api: Api<K>, selection: watch::Receiver<Selection>) -> Arc<Self> {
+        Self::with_selection(api, Some(selection))
+    }
+
+    fn with_selection(api: Api<K>, selection: Option<watch::Receiver<Selection>>) -> Arc<Self> {
         let (store, writer) = reflector::store::<K>();
         let (opener, listed) = gate();
+        let (everything_opener, everything) = gate();
         Arc::new(Self {
             api,
             store,
@@ -81,6 +105,9 @@ where
             subscribers: Mutex::new(Vec::new()),
             opener,
             listed,
+            selection,
+            everything_opener,
+            everything,
         })
     }
 
@@ -92,6 +119,12 @@ where
     /// Opens once the first list is in the cache.
     pub fn listed(&self) -> Gate {
         self.listed.clone()
+    }
+
+    /// Opens once a list of every object (no selection) is in the cache:
+    /// what controllers that need the whole fleet wait for.
+    pub fn listed_everything(&self) -> Gate {
+        self.everything.clone()
     }
 
     /// A new subscriber's stream of changes.
@@ -112,34 +145,93 @@ where
     /// Runs the watch until the process stops; a second call returns at
     /// once (there is one watch per informer).
     pub async fn run(self: Arc<Self>) {
-        let Some(writer) = self.writer.lock().expect("writer").take() else {
+        let Some(mut writer) = self.writer.lock().expect("writer").take() else {
             return;
         };
-        let events = watcher(self.api.clone(), watcher::Config::default().any_semantic())
-            .default_backoff()
-            .modify(|obj: &mut K| obj.managed_fields_mut().clear())
-            .reflect(writer);
-        let mut events = std::pin::pin!(events);
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(watcher::Event::Apply(obj)) => self.broadcast_applied(&obj),
-                Ok(watcher::Event::Delete(obj)) => {
-                    self.broadcast(|| Change::Deleted(Arc::new(obj.clone())));
-                }
-                Ok(watcher::Event::InitDone) => {
-                    let mut subscribers = self.subscribers.lock().expect("subscribers");
-                    for obj in self.store.state() {
-                        subscribers.retain(|s| s.send(Change::Applied(obj.clone())).is_ok());
-                    }
-                    // Still under the lock: a subscriber comes either
-                    // before this list (and got it) or after the gate
-                    // opened (and catches up from the store).
-                    self.opener.open();
-                    drop(subscribers);
-                }
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Err(e) => tracing::warn!(kind = %K::kind(&K::DynamicType::default()), "watch: {e}"),
+        let mut selection = self.selection.clone();
+        loop {
+            let mut config = watcher::Config::default().any_semantic();
+            let labels = selection
+                .as_mut()
+                .and_then(|s| s.borrow_and_update().label_selector());
+            let whole = labels.is_none();
+            if let Some(labels) = labels {
+                config = config.labels(&labels);
             }
+            let events = watcher(self.api.clone(), config)
+                .default_backoff()
+                .modify(|obj: &mut K| obj.managed_fields_mut().clear());
+            let mut events = std::pin::pin!(events);
+            loop {
+                let reselected = async {
+                    match selection.as_mut() {
+                        Some(s) => s.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    event = events.next() => match event {
+                        Some(event) => self.apply(&mut writer, event, whole),
+                        None => return,
+                    },
+                    changed = reselected => {
+                        if changed {
+                            // Watch again with the new selector; the store
+                            // is replaced when its list is in.
+                            break;
+                        }
+                        // The selection will not change any more.
+                        selection = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts one watch event in the store and tells subscribers.
+    fn apply(
+        &self,
+        writer: &mut reflector::store::Writer<K>,
+        event: Result<watcher::Event<K>, watcher::Error>,
+        whole: bool,
+    ) {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::warn!(kind = %K::kind(&K::DynamicType::default()), "watch: {e}");
+                return;
+            }
+        };
+        let before = matches!(event, watcher::Event::InitDone).then(|| self.store.state());
+        writer.apply_watcher_event(&event);
+        match event {
+            watcher::Event::Apply(obj) => self.broadcast_applied(&obj),
+            watcher::Event::Delete(obj) => {
+                self.broadcast(|| Change::Deleted(Arc::new(obj.clone())));
+            }
+            watcher::Event::InitDone => {
+                let now = self.store.state();
+                let kept: HashSet<ObjectRef<K>> =
+                    now.iter().map(|o| ObjectRef::from_obj(&**o)).collect();
+                let mut subscribers = self.subscribers.lock().expect("subscribers");
+                for obj in before.into_iter().flatten() {
+                    if !kept.contains(&ObjectRef::from_obj(&*obj)) {
+                        subscribers.retain(|s| s.send(Change::Left(obj.clone())).is_ok());
+                    }
+                }
+                for obj in now {
+                    subscribers.retain(|s| s.send(Change::Applied(obj.clone())).is_ok());
+                }
+                // Still under the lock: a subscriber comes either before
+                // this list (and got it) or after the gate opened (and
+                // catches up from the store).
+                self.opener.open();
+                if whole {
+                    self.everything_opener.open();
+                }
+                drop(subscribers);
+            }
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
         }
     }
 
@@ -199,6 +291,11 @@ where
                 Change::Deleted(obj) => {
                     seen.remove(&ObjectRef::from_obj(&*obj));
                     deleted(&obj);
+                    None
+                }
+                // Should it come back, it is new here again.
+                Change::Left(obj) => {
+                    seen.remove(&ObjectRef::from_obj(&*obj));
                     None
                 }
             };

@@ -12,7 +12,9 @@
 //! - one cache of clients to target clusters, keyed by kubeconfig, with a
 //!   lock per key ([`clients`]);
 //! - a supervisor: a controller that stops ends the process, and `/readyz`
-//!   names it ([`supervisor`]).
+//!   names it ([`supervisor`]);
+//! - shards: replicas share the fleet through Leases, each acting only on
+//!   the objects of the shards it owns ([`shards`], [`sharding`]).
 
 pub mod backoff;
 pub mod clients;
@@ -22,6 +24,8 @@ pub mod events;
 pub mod informer;
 pub mod metrics;
 pub mod ready;
+pub mod sharding;
+pub mod shards;
 pub mod status;
 pub mod supervisor;
 

@@ -56,6 +56,8 @@ pub struct Context {
     /// at their last pass: a target's change wakes only the ToolInstalls
     /// whose selection it enters or leaves.
     pub selected: Mutex<HashMap<String, HashSet<ObjectRef<ToolInstall>>>>,
+    /// The shards replicas share, for the shard label of each ToolTarget.
+    pub shards: Arc<fleetforge_runtime::shards::Shards>,
 }
 
 impl std::fmt::Debug for Context {
@@ -256,8 +258,16 @@ pub async fn reconcile(ti: Arc<ToolInstall>, ctx: Arc<Context>) -> Result<Action
     let writes: Vec<_> = chosen
         .iter()
         .filter_map(|(target, object)| {
-            let mut desired = desired_child(&ti, &tools, target);
             let child = existing.get(target);
+            // A ToolTarget is in its target's shard.
+            let shard = ctx.shards.count().and_then(|count| match object {
+                Some(object) => Some(fleetforge_runtime::shards::shard_of(
+                    &object.shard_key(),
+                    count,
+                )),
+                None => child.and_then(|tt| fleetforge_runtime::shards::by_label(&**tt, count)),
+            });
+            let mut desired = desired_child(&ti, &tools, target, shard);
             // Under a FleetRollout the child keeps its tools until the
             // rollout moves them.
             if let (Some(child), Some(object)) = (child, object)

@@ -99,44 +99,54 @@ pub async fn run_with(
     drivers: Drivers,
     drifted: UnboundedReceiver<String>,
 ) {
+    tokio::join!(
+        run_installs(runtime, client.clone(), targets, &options),
+        run_targets(runtime, client, targets, &options, drivers, drifted),
+    );
+}
+
+/// The ToolInstalls in scope, cached, and the stream of those whose spec
+/// or metadata changed.
+fn tool_installs(
+    client: &Client,
+    options: &ToolOptions,
+) -> (
+    reflector::Store<ToolInstall>,
+    impl Stream<Item = Result<ToolInstall, watcher::Error>> + Send + 'static,
+) {
+    fleetforge_core::watch::changes(scoped::<ToolInstall>(client, options.namespace.as_deref()))
+}
+
+/// Runs the ToolInstall controller: targets selected from the whole
+/// fleet's caches, one ToolTarget kept per target. Where replicas share
+/// the fleet, one of them runs it (it must see every target).
+pub async fn run_installs(
+    runtime: &Runtime,
+    client: Client,
+    targets: &Informers,
+    options: &ToolOptions,
+) {
     let scope = options.namespace.as_deref();
-    let (install_store, install_events) =
-        fleetforge_core::watch::changes(scoped::<ToolInstall>(&client, scope));
-    let cluster_store = targets.clusters.store();
-    let virtual_store = targets.virtual_clusters.store();
+    let (install_store, install_events) = tool_installs(&client, options);
     let (rollout_store, rollout_writer) = reflector::store::<FleetRollout>();
     let (rollouts_opener, rollouts_listed) = gate();
     let (set_store, set_writer) = reflector::store::<ToolSet>();
-    let (child_store, child_writer) = reflector::store::<ToolTarget>();
     let (wake_install, installs_woken) = unbounded_channel::<ObjectRef<ToolInstall>>();
-    // Each cache opens its gate when its watch has listed everything.
-    let clusters_listed = targets.clusters.listed();
-    let virtual_listed = targets.virtual_clusters.listed();
     let (sets_opener, sets_listed) = gate();
-    let (children_opener, children_listed) = gate();
-    let (wake_child, children_woken) = unbounded_channel::<ObjectRef<ToolTarget>>();
 
     // A ToolTarget's every change (its status too) may change its
-    // ToolInstall's summary; only its spec and metadata are work for it.
+    // ToolInstall's summary.
+    let children = targets.tool_targets.subscribe().into_stream();
     let parent_of_child = wake_install.clone();
-    let child_events = watcher(
-        scoped::<ToolTarget>(&client, scope),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .modify(|tt: &mut ToolTarget| tt.managed_fields_mut().clear())
-    .reflect(child_writer)
-    .inspect(children_opener.on_listed())
-    .inspect(move |event| {
-        if let Ok(watcher::Event::Apply(tt) | watcher::Event::Delete(tt)) = event
+    let children_changed = children.for_each(move |change| {
+        if let Change::Applied(tt) | Change::Deleted(tt) = change
             && let (Some(install), Some(namespace)) =
                 (tt.labels().get(INSTALL_LABEL), tt.namespace())
         {
             let _ = parent_of_child.send(ObjectRef::new(install).within(&namespace));
         }
-    })
-    .applied_objects()
-    .predicate_filter(fleetforge_core::watch::change_hash, Default::default());
+        futures::future::ready(())
+    });
     let set_events = watcher(
         Api::<ToolSet>::all(client.clone()),
         watcher::Config::default(),
@@ -183,30 +193,19 @@ pub async fn run_with(
         client: client.clone(),
         installs: install_store.clone(),
         listed: vec![
-            clusters_listed.clone(),
-            virtual_listed.clone(),
+            targets.clusters.listed(),
+            targets.virtual_clusters.listed(),
             sets_listed,
-            children_listed,
+            targets.tool_targets.listed(),
             rollouts_listed,
         ],
-        clusters: cluster_store.clone(),
-        virtual_clusters: virtual_store.clone(),
+        clusters: targets.clusters.store(),
+        virtual_clusters: targets.virtual_clusters.store(),
         tool_sets: set_store,
-        children: child_store.clone(),
+        children: targets.tool_targets.store(),
         rollouts: rollout_store,
         selected: Mutex::new(HashMap::new()),
-    });
-    let child = Arc::new(tool_target::Context {
-        client: client.clone(),
-        drivers,
-        charts_dir: options.charts_dir.clone(),
-        recorder: Recorder::new(client.clone(), "fleetforge-tools"),
-        failures: Default::default(),
-        listed: (clusters_listed, virtual_listed),
-        installs: install_store.clone(),
-        slots: Default::default(),
-        clusters: cluster_store,
-        virtual_clusters: virtual_store,
+        shards: runtime.shards().clone(),
     });
 
     let by_set = install_store.clone();
@@ -237,13 +236,69 @@ pub async fn run_with(
                 .collect::<Vec<_>>()
         })
         .reconcile_on(receive(installs_woken));
-    let children = Controller::for_stream(child_events, child_store.clone())
+
+    let router = InstallRouter {
+        parent: parent.clone(),
+        wake_install,
+    };
+    let clusters = targets.clusters.subscribe().into_stream();
+    let virtual_clusters = targets.virtual_clusters.subscribe().into_stream();
+    let stopped = runtime.stopped();
+    let routing = async {
+        tokio::select! {
+            _ = async {
+                tokio::join!(
+                    router.route(clusters, |c| Object::Cluster(c)),
+                    router.route(virtual_clusters, |v| Object::Virtual(v)),
+                    children_changed,
+                )
+            } => {}
+            () = stopped => {}
+        }
+    };
+    tokio::join!(
+        runtime.run("ToolInstall", installs, parent, install::reconcile),
+        routing,
+    );
+}
+
+/// Runs the ToolTarget controller: the tools of one ToolInstall on one
+/// target each. Where replicas share the fleet, each runs it for the
+/// ToolTargets of its shards (a ToolTarget is in its target's shard).
+pub async fn run_targets(
+    runtime: &Runtime,
+    client: Client,
+    targets: &Informers,
+    options: &ToolOptions,
+    drivers: Drivers,
+    drifted: UnboundedReceiver<String>,
+) {
+    // The ToolInstalls, for their maxConcurrency; the cache is all this
+    // part reads, so their changes are no work here.
+    let (install_store, install_events) = tool_installs(&client, options);
+    let installs_cached = install_events.for_each(|_| futures::future::ready(()));
+    let (wake_child, children_woken) = unbounded_channel::<ObjectRef<ToolTarget>>();
+    let child = Arc::new(tool_target::Context {
+        client: client.clone(),
+        drivers,
+        charts_dir: options.charts_dir.clone(),
+        recorder: Recorder::new(client.clone(), "fleetforge-tools"),
+        failures: Default::default(),
+        listed: (targets.clusters.listed(), targets.virtual_clusters.listed()),
+        installs: install_store,
+        slots: Default::default(),
+        clusters: targets.clusters.store(),
+        virtual_clusters: targets.virtual_clusters.store(),
+    });
+    let child_events = targets
+        .tool_targets
+        .subscribe()
+        .changes_by(fleetforge_core::watch::change_hash, |_: &ToolTarget| {});
+    let children = Controller::for_shared_stream(child_events, targets.tool_targets.store())
         .reconcile_on(receive(children_woken));
 
-    let router = Router {
-        parent: parent.clone(),
-        children: child_store,
-        wake_install,
+    let router = TargetRouter {
+        children: targets.tool_targets.store(),
         wake_child,
         seen: Mutex::new(HashMap::new()),
     };
@@ -259,14 +314,20 @@ pub async fn run_with(
                     router.route(clusters, |c| Object::Cluster(c)),
                     router.route(virtual_clusters, |v| Object::Virtual(v)),
                     router.drift(drifted),
+                    installs_cached,
                 )
             } => {}
             () = stopped => {}
         }
     };
     tokio::join!(
-        runtime.run("ToolInstall", installs, parent, install::reconcile),
-        runtime.run("ToolTarget", children, child, tool_target::reconcile),
+        runtime.run_sharded(
+            "ToolTarget",
+            children,
+            child,
+            fleetforge_runtime::shards::by_label::<ToolTarget>,
+            tool_target::reconcile,
+        ),
         routing,
     );
 }
@@ -278,18 +339,14 @@ where
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
 }
 
-/// Turns changes of targets (and of their live objects) into passes of
-/// exactly the ToolInstalls and ToolTargets they concern.
-struct Router {
+/// Turns changes of targets into passes of exactly the ToolInstalls whose
+/// selection they enter or leave.
+struct InstallRouter {
     parent: Arc<install::Context>,
-    children: reflector::Store<ToolTarget>,
     wake_install: UnboundedSender<ObjectRef<ToolInstall>>,
-    wake_child: UnboundedSender<ObjectRef<ToolTarget>>,
-    /// What each target looked like to its ToolTargets, by key.
-    seen: Mutex<HashMap<String, u64>>,
 }
 
-impl Router {
+impl InstallRouter {
     async fn route<K>(
         &self,
         changes: impl Stream<Item = Change<K>>,
@@ -302,6 +359,53 @@ impl Router {
             let (target, gone) = match &change {
                 Change::Applied(k) => (k, false),
                 Change::Deleted(k) => (k, true),
+                // Not seen by this replica any more (never where the whole
+                // fleet is watched, as here).
+                Change::Left(_) => continue,
+            };
+            let namespace = target.namespace().unwrap_or_default();
+            for install in self.parent.installs_for(object(target), &namespace, gone) {
+                let _ = self.wake_install.send(install);
+            }
+        }
+    }
+}
+
+/// Turns changes of targets (and of their live objects) into passes of
+/// exactly the ToolTargets they concern.
+struct TargetRouter {
+    children: reflector::Store<ToolTarget>,
+    wake_child: UnboundedSender<ObjectRef<ToolTarget>>,
+    /// What each target looked like to its ToolTargets, by key.
+    seen: Mutex<HashMap<String, u64>>,
+}
+
+impl TargetRouter {
+    async fn route<K>(
+        &self,
+        changes: impl Stream<Item = Change<K>>,
+        object: for<'a> fn(&'a K) -> Object<'a>,
+    ) where
+        K: Resource + ResourceExt,
+    {
+        let mut changes = std::pin::pin!(changes);
+        while let Some(change) = changes.next().await {
+            let (target, gone) = match &change {
+                Change::Applied(k) => (k, false),
+                Change::Deleted(k) => (k, true),
+                // Another replica's now, with its ToolTargets; should it
+                // come back, it is new here.
+                Change::Left(k) => {
+                    let key = target_key(
+                        &k.namespace().unwrap_or_default(),
+                        &TargetRef {
+                            kind: object(k).kind(),
+                            name: object(k).name(),
+                        },
+                    );
+                    self.seen.lock().expect("seen").remove(&key);
+                    continue;
+                }
             };
             self.changed(
                 object(target),
@@ -312,9 +416,6 @@ impl Router {
     }
 
     fn changed(&self, object: Object<'_>, namespace: &str, gone: bool) {
-        for install in self.parent.installs_for(object, namespace, gone) {
-            let _ = self.wake_install.send(install);
-        }
         let key = target_key(
             namespace,
             &TargetRef {

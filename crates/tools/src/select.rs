@@ -52,6 +52,14 @@ impl<'a> Object<'a> {
         }
     }
 
+    /// What its shard is computed from (its ToolTargets share it).
+    pub fn shard_key(&self) -> String {
+        match self {
+            Object::Cluster(c) => fleetforge_core::shard::cluster_key(c).to_string(),
+            Object::Virtual(v) => fleetforge_core::shard::virtual_cluster_key(v),
+        }
+    }
+
     /// Its labels.
     pub fn labels(&self) -> &'a BTreeMap<String, String> {
         match self {
@@ -284,7 +292,12 @@ pub fn child_name(install: &str, target: &TargetRef) -> String {
 /// The ToolTarget `ti` wants on `target`, as applied (server-side apply
 /// with [`CHILD_MANAGER`]): the tools in install order, this target's
 /// overrides only, owned by the ToolInstall.
-pub fn desired_child(ti: &ToolInstall, tools: &[Tool], target: &TargetRef) -> Value {
+pub fn desired_child(
+    ti: &ToolInstall,
+    tools: &[Tool],
+    target: &TargetRef,
+    shard: Option<u32>,
+) -> Value {
     let install = ti.name_any();
     let owner = ti.controller_owner_ref(&()).map(|mut o| {
         o.block_owner_deletion = Some(true);
@@ -306,18 +319,23 @@ pub fn desired_child(ti: &ToolInstall, tools: &[Tool], target: &TargetRef) -> Va
             json!(force),
         );
     }
+    let mut labels = json!({
+        label::MANAGED_BY: "fleetforge",
+        label::INSTANCE: install,
+        INSTALL_LABEL: install,
+        TARGET_LABEL: target.name,
+        TARGET_KIND_LABEL: target.kind.as_str(),
+    });
+    // Replicas that share the fleet watch their shards by it.
+    if let Some(shard) = shard {
+        labels[fleetforge_runtime::shards::SHARD_LABEL] = json!(shard.to_string());
+    }
     json!({
         "apiVersion": "fleetforge.dev/v1alpha1",
         "kind": "ToolTarget",
         "metadata": {
             "name": child_name(&install, target),
-            "labels": {
-                label::MANAGED_BY: "fleetforge",
-                label::INSTANCE: install,
-                INSTALL_LABEL: install,
-                TARGET_LABEL: target.name,
-                TARGET_KIND_LABEL: target.kind.as_str(),
-            },
+            "labels": labels,
             "annotations": annotations,
             "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
         },

@@ -126,7 +126,7 @@ fn a_target_gets_its_own_tool_target_with_only_its_overrides() {
         kind: TargetKind::Cluster,
         name: "named".into(),
     };
-    let child = desired_child(&ti, &[], &target);
+    let child = desired_child(&ti, &[], &target, None);
     assert_eq!(child["metadata"]["name"], "tools-cluster-named");
     assert_eq!(child["metadata"]["labels"][INSTALL_LABEL], "tools");
     assert_eq!(child["metadata"]["ownerReferences"][0]["uid"], "u-ti");
@@ -144,7 +144,7 @@ fn a_target_gets_its_own_tool_target_with_only_its_overrides() {
     changed.spec.suspend = true;
     assert!(!child_is_current(
         &typed,
-        &desired_child(&changed, &[], &target)
+        &desired_child(&changed, &[], &target, None)
     ));
 
     let long = TargetRef {

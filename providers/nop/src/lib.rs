@@ -5,7 +5,9 @@
 //! `*.nop.invalid`. With a state directory, every create call is also
 //! journalled there (`creates.log`, one external name per line, appended
 //! by every process that shares the directory), so a test can tell that no
-//! cluster was created twice across restarts or replicas.
+//! cluster was created twice across restarts or replicas; a call made while
+//! another call on the same object is in progress, in this process or
+//! another, is journalled in `concurrent.log`.
 //!
 //! Behaviour comes from the ProviderConfig's `spec.nop` (call latency,
 //! create latency, time to become ready, a seeded failure rate) and from
@@ -41,6 +43,10 @@ use serde::{Deserialize, Serialize};
 pub const ANNOTATION_PREFIX: &str = "nop.fleetforge.dev/";
 /// The journal of create calls in a state directory.
 pub const CREATES_LOG: &str = "creates.log";
+/// The journal of calls made while another call on the same object was in
+/// progress (`<namespace>_<name> <verb>` per line), by any process sharing
+/// the state directory: replicas must never act on one object at once.
+pub const CONCURRENT_LOG: &str = "concurrent.log";
 /// The Kubernetes version a cluster gets when its spec names none.
 pub const DEFAULT_VERSION: &str = "1.36";
 
@@ -275,9 +281,14 @@ impl NopCloud {
         }
     }
 
-    /// Appends `name` to the state directory's `creates.log` (one short
-    /// `O_APPEND` write, so lines of several processes never interleave).
+    /// Appends `name` to the state directory's `creates.log`.
     fn journal_create(&self, name: &str) {
+        self.journal(CREATES_LOG, name);
+    }
+
+    /// Appends `line` to `log` in the state directory (one short
+    /// `O_APPEND` write, so lines of several processes never interleave).
+    fn journal(&self, log: &str, line: &str) {
         let Some(dir) = &self.state_directory else {
             return;
         };
@@ -285,10 +296,10 @@ impl NopCloud {
         let written = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join(CREATES_LOG))
-            .and_then(|mut file| file.write_all(format!("{name}\n").as_bytes()));
+            .open(dir.join(log))
+            .and_then(|mut file| file.write_all(format!("{line}\n").as_bytes()));
         if let Err(e) = written {
-            tracing::warn!(error = %e, "nop: journalling a create");
+            tracing::warn!(error = %e, "nop: journalling to {log}");
         }
     }
 
@@ -352,14 +363,16 @@ impl NopCloud {
     }
 
     /// Runs the behaviour every call shares: latency, injected faults from
-    /// annotations, and the random failure rate.
+    /// annotations, and the random failure rate. The returned guard marks
+    /// the call in progress until it is dropped (see [`CONCURRENT_LOG`]).
     async fn enter(
         &self,
         obj: &Cluster,
         verb: &'static str,
         counter: &AtomicU64,
-    ) -> Result<(), ProviderError> {
+    ) -> Result<Option<std::fs::File>, ProviderError> {
         counter.fetch_add(1, Ordering::Relaxed);
+        let call = self.mark_call(obj, verb);
         let settings = self.settings();
         let delay = if verb == "create" {
             settings.create_delay
@@ -403,7 +416,36 @@ impl NopCloud {
                 format!("nop: random {verb} failure"),
             ));
         }
-        Ok(())
+        Ok(call)
+    }
+
+    /// With a state directory, holds an exclusive lock on the object's
+    /// file under `calls/` for the call; when another call (of any
+    /// process) holds it, the overlap is appended to [`CONCURRENT_LOG`].
+    fn mark_call(&self, obj: &Cluster, verb: &str) -> Option<std::fs::File> {
+        let dir = self.state_directory.as_ref()?.join("calls");
+        let object = format!("{}_{}", obj.namespace().unwrap_or_default(), obj.name_any());
+        let file = std::fs::create_dir_all(&dir)
+            .and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(dir.join(format!("{object}.lock")))
+            })
+            .inspect_err(|e| tracing::warn!(error = %e, "nop: marking a call"))
+            .ok()?;
+        match file.try_lock() {
+            Ok(()) => Some(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                self.journal(CONCURRENT_LOG, &format!("{object} {verb}"));
+                None
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                tracing::warn!(error = %e, "nop: marking a call");
+                None
+            }
+        }
     }
 
     /// A uniform draw in [0, 1) from the seeded generator (SplitMix64).
@@ -501,7 +543,7 @@ impl ExternalClient<Cluster> for NopCloud {
             .expect("observes")
             .entry(external_name.to_string())
             .or_insert(0) += 1;
-        self.enter(obj, "observe", &self.calls.observe).await?;
+        let _call = self.enter(obj, "observe", &self.calls.observe).await?;
         let now = now_ms();
         let Some(cluster) = self.get(external_name).filter(|c| now >= c.visible_at) else {
             return Ok(None);
@@ -545,7 +587,7 @@ impl ExternalClient<Cluster> for NopCloud {
     }
 
     async fn create(&self, obj: &Cluster, external_name: &str) -> Result<(), ProviderError> {
-        self.enter(obj, "create", &self.calls.create).await?;
+        let _call = self.enter(obj, "create", &self.calls.create).await?;
         self.journal_create(external_name);
         let owner = fleetforge_core::owner_of(obj);
         if let Some(existing) = self.get(external_name) {
@@ -604,7 +646,7 @@ impl ExternalClient<Cluster> for NopCloud {
         external_name: &str,
         changes: &[ClusterChange],
     ) -> Result<(), ProviderError> {
-        self.enter(obj, "update", &self.calls.update).await?;
+        let _call = self.enter(obj, "update", &self.calls.update).await?;
         let ready_delay = self.settings().ready_delay.as_millis() as u64;
         let found = self.mutate(external_name, |cluster| {
             for change in changes {
@@ -654,7 +696,7 @@ impl ExternalClient<Cluster> for NopCloud {
     }
 
     async fn delete(&self, obj: &Cluster, external_name: &str) -> Result<(), ProviderError> {
-        self.enter(obj, "delete", &self.calls.delete).await?;
+        let _call = self.enter(obj, "delete", &self.calls.delete).await?;
         let ready_delay = self.settings().ready_delay.as_millis() as u64;
         if ready_delay == 0 {
             self.remove(external_name);
@@ -764,6 +806,37 @@ mod tests {
             .annotations_mut()
             .insert(format!("{ANNOTATION_PREFIX}out-of-band"), "delete".into());
         assert!(cloud.observe(&cluster, "dev").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn overlapping_calls_on_one_object_are_journalled_from_any_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let slow = Settings {
+            call_delay: Duration::from_millis(200),
+            ..Settings::default()
+        };
+        // Two instances, as two replicas sharing one account.
+        let (a, b) = (
+            NopCloud::new(Some(dir.path().to_path_buf())),
+            NopCloud::new(Some(dir.path().to_path_buf())),
+        );
+        a.configure(slow.clone());
+        b.configure(slow);
+        let (dev, web) = (mk_cluster("dev"), mk_cluster("web"));
+        // One after the other, and two objects at once: no overlap.
+        a.observe(&dev, "dev").await.unwrap();
+        b.observe(&dev, "dev").await.unwrap();
+        let (x, y) = tokio::join!(a.observe(&dev, "dev"), b.observe(&web, "web"));
+        x.unwrap();
+        y.unwrap();
+        assert!(!dir.path().join(CONCURRENT_LOG).exists());
+        // One object from both at once.
+        let (x, y) = tokio::join!(a.observe(&dev, "dev"), b.observe(&dev, "dev"));
+        x.unwrap();
+        y.unwrap();
+        let overlaps = std::fs::read_to_string(dir.path().join(CONCURRENT_LOG)).unwrap();
+        assert_eq!(overlaps.lines().count(), 1, "{overlaps}");
+        assert!(overlaps.ends_with("_dev observe\n"), "{overlaps}");
     }
 
     #[tokio::test]

@@ -39,6 +39,7 @@ use fleetforge_runtime::Runtime;
 use fleetforge_runtime::events::Recorder;
 use fleetforge_runtime::informer::Informer;
 use fleetforge_runtime::ready::{Gate, gate};
+use fleetforge_runtime::shards::shard_of;
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -338,10 +339,13 @@ pub async fn run<K: Managed>(
                 .map(|obj| ObjectRef::from(&*obj))
                 .collect::<Vec<_>>()
         });
-    let objects_controller = runtime.run(
+    // Replicas share objects out by account, so that one replica holds an
+    // account's rate limit and counts its users whole.
+    let objects_controller = runtime.run_sharded(
         K::KIND,
         objects_controller,
         engine.clone(),
+        |obj: &K, count| Some(shard_of(obj.provider_config_name(), count)),
         pass::reconcile::<K>,
     );
 
@@ -354,10 +358,11 @@ pub async fn run<K: Managed>(
     let configs: Api<ProviderConfig> = Api::all(client.clone());
     let configs_controller = Controller::new(configs, watcher::Config::default().any_semantic())
         .reconcile_on(users_changes);
-    let configs_controller = runtime.run(
+    let configs_controller = runtime.run_sharded(
         "ProviderConfig",
         configs_controller,
         engine,
+        |config: &ProviderConfig, count| Some(shard_of(&config.name_any(), count)),
         accounts::reconcile_provider_config::<K>,
     );
     tokio::join!(objects_controller, configs_controller);
