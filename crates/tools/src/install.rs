@@ -265,7 +265,16 @@ pub async fn reconcile(ti: Arc<ToolInstall>, ctx: Arc<Context>) -> Result<Action
                     &object.shard_key(),
                     count,
                 )),
-                None => child.and_then(|tt| fleetforge_runtime::shards::by_label(&**tt, count)),
+                // A named target that does not exist: any replica may say
+                // so; it moves to its target's shard once that appears.
+                None => child
+                    .and_then(|tt| fleetforge_runtime::shards::by_label(&**tt, count))
+                    .or_else(|| {
+                        Some(fleetforge_runtime::shards::shard_of(
+                            &target_key(&namespace, target),
+                            count,
+                        ))
+                    }),
             });
             let mut desired = desired_child(&ti, &tools, target, shard);
             // Under a FleetRollout the child keeps its tools until the
